@@ -1,0 +1,115 @@
+import { HttpException, HttpStatus } from '@nestjs/common';
+
+/**
+ * The body of an RFC 9457 problem response.
+ */
+export interface ProblemDetails {
+  type: string;
+  title: string;
+  status: number;
+  detail?: string;
+  [extension: string]: unknown;
+}
+
+/** Stable prefix of every problem `type` this library answers with. */
+export const PROBLEM_TYPE_BASE = 'urn:nestjs-idempotency:problem:';
+
+/**
+ * Base class of every error the library answers a client with. Each subclass is
+ * one case with a stable problem `type`, so clients can branch on it; the body
+ * is already a problem document, so even an application's own catch-all filter
+ * that renders `getResponse()` produces the right payload.
+ */
+export abstract class IdempotencyError extends HttpException {
+  /** Headers the response must carry (for example `Retry-After`). */
+  readonly headers: Readonly<Record<string, string>>;
+
+  protected constructor(
+    slug: string,
+    title: string,
+    status: number,
+    detail: string,
+    headers: Record<string, string> = {},
+  ) {
+    const body: ProblemDetails = { type: PROBLEM_TYPE_BASE + slug, title, status, detail };
+    super(body, status);
+    this.headers = headers;
+  }
+
+  getProblem(): ProblemDetails {
+    return this.getResponse() as ProblemDetails;
+  }
+}
+
+/** IETF draft §2.7: a request without a key on a route that requires one. */
+export class MissingIdempotencyKeyError extends IdempotencyError {
+  constructor(headerName: string) {
+    super(
+      'missing-key',
+      'Idempotency key missing',
+      HttpStatus.BAD_REQUEST,
+      `This operation is idempotent and requires an ${headerName} header.`,
+    );
+  }
+}
+
+/** The header is present but not a key this library accepts (length, characters, quoting). */
+export class InvalidIdempotencyKeyError extends IdempotencyError {
+  constructor(headerName: string, reason: string) {
+    super('invalid-key', 'Idempotency key invalid', HttpStatus.BAD_REQUEST, `${headerName}: ${reason}`);
+  }
+}
+
+/** IETF draft §2.7: the key was already used with a different request payload. */
+export class IdempotencyKeyReuseError extends IdempotencyError {
+  constructor() {
+    super(
+      'key-reused',
+      'Idempotency key reused with a different payload',
+      HttpStatus.UNPROCESSABLE_ENTITY,
+      'This key was first used with a different request payload; use a new key for a new request.',
+    );
+  }
+}
+
+/** IETF draft §2.7: the first request with this key is still being processed. */
+export class RequestInProgressError extends IdempotencyError {
+  constructor(retryAfterSeconds: number) {
+    super(
+      'request-in-progress',
+      'A request with this idempotency key is in progress',
+      HttpStatus.CONFLICT,
+      'The original request with this key has not finished yet; retry later to receive its result.',
+      { 'Retry-After': String(retryAfterSeconds) },
+    );
+  }
+}
+
+/** The record store could not be reached: nothing ran, so the client may retry. */
+export class IdempotencyStoreUnavailableError extends IdempotencyError {
+  constructor(retryAfterSeconds: number) {
+    super(
+      'store-unavailable',
+      'Idempotency store unavailable',
+      HttpStatus.SERVICE_UNAVAILABLE,
+      'The request was not processed because its idempotency key could not be checked; retry later.',
+      { 'Retry-After': String(retryAfterSeconds) },
+    );
+  }
+}
+
+/**
+ * The first request with this key completed, but its response could not be stored
+ * faithfully (too large, or a streaming body). The operation is not run again; the
+ * original response cannot be replayed. 410: the result exists but is gone from here.
+ */
+export class ResponseNotReplayableError extends IdempotencyError {
+  constructor(reason: string) {
+    super(
+      'response-not-replayable',
+      'Original response cannot be replayed',
+      HttpStatus.GONE,
+      `The request with this key was already processed, but its response was not stored: ${reason}.`,
+    );
+  }
+}

@@ -1,0 +1,24 @@
+import { Module } from '@nestjs/common';
+import { APP_FILTER, APP_INTERCEPTOR, DiscoveryModule } from '@nestjs/core';
+import { IdempotentRoutes } from './idempotent-routes.js';
+import { IdempotencyExceptionFilter } from './idempotency.filter.js';
+import { IdempotencyInterceptor } from './idempotency.interceptor.js';
+import { ConfigurableIdempotencyModule } from './idempotency.module-definition.js';
+import { IdempotencyService } from './idempotency.service.js';
+
+/**
+ * `IdempotencyModule.forRoot({...})` or `.forRootAsync({ useFactory, inject, imports })`,
+ * once, in the application module. It registers the interceptor and the problem filter
+ * globally; `@Idempotent()` on a route is all that is needed then.
+ */
+@Module({
+  imports: [DiscoveryModule],
+  providers: [
+    IdempotentRoutes,
+    IdempotencyService,
+    { provide: APP_INTERCEPTOR, useClass: IdempotencyInterceptor },
+    { provide: APP_FILTER, useClass: IdempotencyExceptionFilter },
+  ],
+  exports: [IdempotencyService],
+})
+export class IdempotencyModule extends ConfigurableIdempotencyModule {}

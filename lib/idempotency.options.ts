@@ -1,0 +1,212 @@
+import type { ExecutionContext, HttpException, Type } from '@nestjs/common';
+import type { IdempotencyStore } from './storage/idempotency.store.js';
+
+/** What a duplicate that arrives while the first request is still running receives. */
+export type ConcurrencyMode =
+  /** 409 Conflict with `Retry-After` at once (IETF draft, Stripe). */
+  | 'reject'
+  /** Wait for the first request and answer with its stored response; 409 after `waitTimeoutMs`. */
+  | 'wait';
+
+/** Resolves the caller's identity, the scope in which keys are unique. */
+export type ScopeResolver = (request: any, context: ExecutionContext) => string | Promise<string>;
+
+/** Decides whether a thrown HttpException is a final answer to store and replay. */
+export type ErrorStoragePolicy = (status: number, error: HttpException) => boolean;
+
+/** Options that a route may override with `@Idempotent({...})`. */
+export interface IdempotentRouteOptions {
+  /**
+   * Whether a request without a key is refused (400) or passes through untouched.
+   * @default true
+   */
+  required?: boolean;
+  /**
+   * What a duplicate receives while the first request is in flight.
+   * @default 'reject'
+   */
+  concurrency?: ConcurrencyMode;
+  /**
+   * With `concurrency: 'wait'`: how long a duplicate waits before it gets 409.
+   * @default 10000
+   */
+  waitTimeoutMs?: number;
+  /**
+   * How long a claim holds without renewal. A running request renews it every third of
+   * this time, so it bounds only how long a key stays blocked after its process died.
+   * @default 30000
+   */
+  leaseMs?: number;
+  /**
+   * How long a completed record is replayed, counted from completion. An expired record
+   * counts as absent: the key may be used again.
+   * @default 86400000 (24 hours)
+   */
+  ttlMs?: number;
+  /**
+   * Which thrown HttpExceptions are stored and replayed like successes. Errors that are
+   * not HttpExceptions are never stored. Requests rejected before the handler ran
+   * (guards, pipes) are never stored either.
+   * @default 4xx are stored; 5xx are not (the key is released so a retry runs again)
+   */
+  storeErrors?: ErrorStoragePolicy;
+  /**
+   * What besides the body identifies "the same request": with a different fingerprint,
+   * a reused key gets 422.
+   * @default { query: false, headers: [] }
+   */
+  fingerprint?: {
+    /** Include the query string's parameters. */
+    query?: boolean;
+    /** Include these request headers (names are case-insensitive). */
+    headers?: string[];
+  };
+  /**
+   * Response headers stored and replayed. `Set-Cookie` is never stored, even if listed.
+   * @default content-type, content-disposition, content-language, location, content-location, cache-control, etag, last-modified, link, vary
+   */
+  replayHeaders?: string[];
+  /**
+   * Largest body stored, in bytes. A larger response is sent to the first client but not
+   * stored; retries then get 410 instead of running the handler again.
+   * @default 1048576 (1 MiB)
+   */
+  maxResponseBytes?: number;
+}
+
+/** Module options: defaults for every route, plus what only the module decides. */
+export interface IdempotencyModuleOptions extends IdempotentRouteOptions {
+  /**
+   * Name of the request header carrying the key.
+   * @default 'Idempotency-Key'
+   */
+  headerName?: string;
+  /**
+   * Longest accepted key, in characters.
+   * @default 255
+   */
+  maxKeyLength?: number;
+  /**
+   * The caller's identity: keys are unique per (scope, method, route, key), so one
+   * caller can never receive another's stored response. Return '' for anonymous callers.
+   * @default `request.user.id ?? request.user.sub ?? ''` (the shape Passport strategies produce)
+   */
+  scope?: ScopeResolver;
+  /**
+   * `Retry-After` seconds sent with 409 (in progress) and 503 (store unavailable).
+   * @default 1
+   */
+  retryAfterSeconds?: number;
+  /**
+   * Run a batched purge of expired records this often on every instance (safe to run on
+   * several: rows are claimed with SKIP LOCKED). `false` leaves purging to you
+   * (`IdempotencyService.purgeExpired()`).
+   * @default false
+   */
+  purgeIntervalMs?: number | false;
+}
+
+/**
+ * Options that decide how the module is wired; they are read when the module is
+ * defined, so they sit outside `useFactory`.
+ */
+export interface IdempotencyModuleExtras {
+  /**
+   * Register the module globally.
+   * @default true
+   */
+  isGlobal?: boolean;
+  /**
+   * Name of the TypeORM DataSource that holds `idempotency_keys` (the `name` given to
+   * `TypeOrmModule.forRoot`).
+   * @default the default DataSource
+   */
+  dataSource?: string;
+  /**
+   * Another store implementation, e.g. `MemoryIdempotencyStore` in unit tests; no
+   * DataSource is needed then.
+   * @default PostgresIdempotencyStore
+   */
+  store?: Type<IdempotencyStore>;
+}
+
+export const DEFAULT_REPLAY_HEADERS: readonly string[] = [
+  'content-type',
+  'content-disposition',
+  'content-language',
+  'location',
+  'content-location',
+  'cache-control',
+  'etag',
+  'last-modified',
+  'link',
+  'vary',
+];
+
+const defaultScope: ScopeResolver = (request) => {
+  const user = request?.user;
+  const id = user?.id ?? user?.sub;
+  return id === undefined || id === null ? '' : String(id);
+};
+
+const storeClientErrors: ErrorStoragePolicy = (status) => status >= 400 && status < 500;
+
+/** Options of one route after defaults, module options and route options are merged. */
+export type ResolvedRouteOptions = Required<Omit<IdempotentRouteOptions, 'fingerprint'>> & {
+  fingerprint: { query: boolean; headers: string[] };
+  headerName: string;
+  maxKeyLength: number;
+  scope: ScopeResolver;
+  retryAfterSeconds: number;
+};
+
+const DEFAULTS: ResolvedRouteOptions = {
+  required: true,
+  concurrency: 'reject',
+  waitTimeoutMs: 10_000,
+  leaseMs: 30_000,
+  ttlMs: 24 * 60 * 60 * 1000,
+  storeErrors: storeClientErrors,
+  fingerprint: { query: false, headers: [] },
+  replayHeaders: [...DEFAULT_REPLAY_HEADERS],
+  maxResponseBytes: 1024 * 1024,
+  headerName: 'Idempotency-Key',
+  maxKeyLength: 255,
+  scope: defaultScope,
+  retryAfterSeconds: 1,
+};
+
+/** Later sources override earlier ones; `undefined` never overrides. */
+export function resolveRouteOptions(
+  ...sources: Array<IdempotencyModuleOptions | IdempotentRouteOptions | undefined>
+): ResolvedRouteOptions {
+  const merged: Record<string, unknown> = { ...DEFAULTS };
+  for (const source of sources) {
+    for (const [name, value] of Object.entries(source ?? {})) if (value !== undefined) merged[name] = value;
+  }
+  const resolved = merged as ResolvedRouteOptions;
+  const fingerprint = { ...DEFAULTS.fingerprint, ...resolved.fingerprint };
+  return {
+    ...resolved,
+    fingerprint: { query: fingerprint.query, headers: fingerprint.headers.map((h) => h.toLowerCase()) },
+    // Cookies are credentials of one client: replaying them to another is a leak.
+    replayHeaders: resolved.replayHeaders.map((h) => h.toLowerCase()).filter((h) => h !== 'set-cookie'),
+  };
+}
+
+/** Rejects option values that cannot work, at start-up rather than on the first request. */
+export function validateOptions(options: ResolvedRouteOptions, where: string): void {
+  const positive = ['waitTimeoutMs', 'leaseMs', 'ttlMs', 'maxResponseBytes', 'maxKeyLength'] as const;
+  for (const name of positive) {
+    const value = options[name];
+    if (!Number.isFinite(value) || value <= 0) {
+      throw new Error(`IdempotencyModule: ${where}: "${name}" must be a positive number, got ${value}.`);
+    }
+  }
+  if (options.concurrency !== 'reject' && options.concurrency !== 'wait') {
+    throw new Error(`IdempotencyModule: ${where}: "concurrency" must be 'reject' or 'wait'.`);
+  }
+  if (!/^[A-Za-z0-9!#$%&'*+.^_`|~-]+$/.test(options.headerName)) {
+    throw new Error(`IdempotencyModule: ${where}: "headerName" is not a valid header name.`);
+  }
+}

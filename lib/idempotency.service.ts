@@ -1,0 +1,229 @@
+import {
+  type ExecutionContext,
+  Inject,
+  Injectable,
+  Logger,
+  type OnApplicationShutdown,
+  type OnModuleInit,
+} from '@nestjs/common';
+import { randomUUID } from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
+import {
+  IdempotencyKeyReuseError,
+  IdempotencyStoreUnavailableError,
+  RequestInProgressError,
+} from './errors.js';
+import type { IdempotentRoute } from './idempotent-routes.js';
+import { MODULE_OPTIONS_TOKEN } from './idempotency.module-definition.js';
+import type { IdempotencyModuleOptions, ResolvedRouteOptions } from './idempotency.options.js';
+import { decideClaim, type IdempotencyRecord, type RecordIdentity, type StoredResponse } from './record.js';
+import { fingerprintOf, parseIdempotencyKey, requireKey } from './request-identity.js';
+import { IdempotencyStore, type PurgeOptions } from './storage/idempotency.store.js';
+
+/** The parts of an HTTP request the flow reads; Express and Fastify requests both have them. */
+export interface IncomingRequest {
+  method: string;
+  headers: Record<string, string | string[] | undefined>;
+  body?: unknown;
+  query?: unknown;
+}
+
+/** A claimed record that this request now runs the handler for. */
+export class Execution {
+  private heartbeat?: NodeJS.Timeout;
+
+  constructor(
+    readonly identity: RecordIdentity,
+    readonly ownerToken: string,
+    readonly options: ResolvedRouteOptions,
+  ) {}
+
+  /** @internal Renews the lease while the handler runs, so only a dead process loses it. */
+  startHeartbeat(renew: () => Promise<void>): void {
+    this.heartbeat = setInterval(() => void renew(), Math.max(1, Math.floor(this.options.leaseMs / 3)));
+    this.heartbeat.unref();
+  }
+
+  /** @internal */
+  stopHeartbeat(): void {
+    clearInterval(this.heartbeat);
+  }
+}
+
+/** What to do with a request on an idempotent route. */
+export type Outcome =
+  /** No key on a route where it is optional: the request passes through untouched. */
+  | { kind: 'bypass' }
+  /** A completed record: answer with its stored response; the handler does not run. */
+  | { kind: 'replay'; response: StoredResponse }
+  /** This request owns the key: run the handler, then complete or release. */
+  | { kind: 'execute'; execution: Execution };
+
+const COMPLETE_RETRY_DELAYS_MS = [50, 250];
+
+/**
+ * The idempotency flow: claim, wait, replay, complete, release; plus purge and look-up.
+ * It knows nothing of HTTP responses: the interceptor maps outcomes to replies.
+ */
+@Injectable()
+export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
+  private readonly logger = new Logger('Idempotency');
+  private purgeTimer?: NodeJS.Timeout;
+
+  constructor(
+    private readonly store: IdempotencyStore,
+    @Inject(MODULE_OPTIONS_TOKEN) private readonly moduleOptions: IdempotencyModuleOptions,
+  ) {}
+
+  async onModuleInit(): Promise<void> {
+    await this.store.verify();
+    const interval = this.moduleOptions.purgeIntervalMs;
+    if (interval) {
+      this.purgeTimer = setInterval(() => void this.purgeInBackground(), interval);
+      this.purgeTimer.unref();
+    }
+  }
+
+  onApplicationShutdown(): void {
+    clearInterval(this.purgeTimer);
+  }
+
+  /**
+   * Decides what a request gets: parses its key (400 if missing or malformed), and claims
+   * the record, waits for it (`concurrency: 'wait'`), or finds it completed. Throws 409,
+   * 422 or 503 problems.
+   */
+  async begin(route: IdempotentRoute, request: IncomingRequest, context: ExecutionContext): Promise<Outcome> {
+    const { options } = route;
+    const key = parseIdempotencyKey(request.headers[route.keyHeader], options.headerName, options.maxKeyLength);
+    if (key === undefined && !options.required) return { kind: 'bypass' };
+    const identity: RecordIdentity = {
+      scope: String(await options.scope(request, context)),
+      method: request.method,
+      route: route.pattern,
+      key: requireKey(key, options.headerName),
+    };
+    const fingerprint = fingerprintOf({
+      body: request.body,
+      query: options.fingerprint.query ? request.query : undefined,
+      headers: options.fingerprint.headers.length
+        ? Object.fromEntries(options.fingerprint.headers.map((name) => [name, request.headers[name]]))
+        : undefined,
+    });
+    const waitUntil = options.concurrency === 'wait' ? Date.now() + options.waitTimeoutMs : 0;
+
+    for (let attempt = 0; ; attempt++) {
+      const ownerToken = randomUUID();
+      const claim = await this.storeCall(() =>
+        this.store.claim({ identity, fingerprint, ownerToken, leaseMs: options.leaseMs, ttlMs: options.ttlMs }),
+      );
+      if (claim.claimed) {
+        const execution = new Execution(identity, ownerToken, options);
+        execution.startHeartbeat(() => this.renew(execution));
+        return { kind: 'execute', execution };
+      }
+      const decision = decideClaim(claim.observed, fingerprint);
+      if (decision === 'mismatch') throw new IdempotencyKeyReuseError();
+      if (decision === 'replay') return { kind: 'replay', response: claim.observed.record.response! };
+      // In progress elsewhere. Polling: in lease mode the owner holds no database lock to wait on.
+      const remaining = waitUntil - Date.now();
+      if (remaining <= 0) throw new RequestInProgressError(options.retryAfterSeconds);
+      await sleep(Math.min(remaining, backoff(attempt)));
+    }
+  }
+
+  /**
+   * Stores the response of a finished execution. A store failure is retried briefly and
+   * then logged, not thrown: the handler's effect has happened, so its response is still
+   * the truth for this client. The record then stays in progress until its lease lapses.
+   */
+  async complete(execution: Execution, response: StoredResponse): Promise<void> {
+    execution.stopHeartbeat();
+    const { identity, ownerToken, options } = execution;
+    for (let attempt = 0; ; attempt++) {
+      try {
+        const completed = await this.store.complete(identity, ownerToken, response, options.ttlMs);
+        if (!completed) {
+          this.logger.warn(
+            `${identity.method} ${identity.route}: the lease was lost before completion; ` +
+              'another request took the key over, so this response was not stored.',
+          );
+        }
+        return;
+      } catch (error) {
+        if (attempt >= COMPLETE_RETRY_DELAYS_MS.length) {
+          this.logger.error(
+            `${identity.method} ${identity.route}: could not store the response; the key stays ` +
+              `in progress until its lease lapses: ${describe(error)}`,
+          );
+          return;
+        }
+        await sleep(COMPLETE_RETRY_DELAYS_MS[attempt]);
+      }
+    }
+  }
+
+  /** Frees the key of a failed execution so that a retry runs the handler again. */
+  async release(execution: Execution): Promise<void> {
+    execution.stopHeartbeat();
+    try {
+      await this.store.release(execution.identity, execution.ownerToken);
+    } catch (error) {
+      this.logger.error(
+        `${execution.identity.method} ${execution.identity.route}: could not release the key; ` +
+          `it is free again once its lease lapses: ${describe(error)}`,
+      );
+    }
+  }
+
+  /** The live record of an identity (null when absent or expired), e.g. for support tooling. */
+  find(identity: RecordIdentity): Promise<IdempotencyRecord | null> {
+    return this.store.find(identity);
+  }
+
+  /** Deletes expired records in bounded batches; returns how many were deleted. */
+  purgeExpired(options?: PurgeOptions): Promise<number> {
+    return this.store.purgeExpired(options);
+  }
+
+  private async renew(execution: Execution): Promise<void> {
+    const { identity, ownerToken, options } = execution;
+    try {
+      if (!(await this.store.renew(identity, ownerToken, options.leaseMs))) {
+        execution.stopHeartbeat();
+        this.logger.warn(`${identity.method} ${identity.route}: the lease was lost while the handler ran.`);
+      }
+    } catch (error) {
+      // The next beat tries again; the lease is a third of the way from lapsing.
+      this.logger.warn(`${identity.method} ${identity.route}: lease renewal failed: ${describe(error)}`);
+    }
+  }
+
+  private async storeCall<T>(call: () => Promise<T>): Promise<T> {
+    try {
+      return await call();
+    } catch (error) {
+      this.logger.error(`idempotency store unavailable: ${describe(error)}`);
+      throw new IdempotencyStoreUnavailableError(this.moduleOptions.retryAfterSeconds ?? 1);
+    }
+  }
+
+  private async purgeInBackground(): Promise<void> {
+    try {
+      const deleted = await this.purgeExpired();
+      if (deleted > 0) this.logger.log(`purged ${deleted} expired idempotency records`);
+    } catch (error) {
+      this.logger.warn(`purge of expired records failed: ${describe(error)}`);
+    }
+  }
+}
+
+/** 20 ms doubling to 250 ms, with jitter so that waiters do not poll in lock-step. */
+function backoff(attempt: number): number {
+  const base = Math.min(250, 20 * 2 ** attempt);
+  return base / 2 + Math.random() * (base / 2);
+}
+
+function describe(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}

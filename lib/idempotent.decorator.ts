@@ -1,0 +1,17 @@
+import { SetMetadata } from '@nestjs/common';
+import type { IdempotentRouteOptions } from './idempotency.options.js';
+
+/** Metadata key under which `@Idempotent()` records its route options (namespaced: not a DI token). */
+export const IDEMPOTENT_METADATA = 'nestjs-idempotency:route-options';
+
+/**
+ * Makes a route safe to retry: the first request with an `Idempotency-Key` runs, later
+ * ones with the same key (sequential or parallel, on any instance) receive the stored
+ * response. Put it on a controller method, or on a controller to cover all its routes;
+ * method options override controller options, which override the module's.
+ *
+ * It only records metadata: the interceptor that does the work is registered by
+ * `IdempotencyModule`.
+ */
+export const Idempotent = (options: IdempotentRouteOptions = {}): ClassDecorator & MethodDecorator =>
+  SetMetadata(IDEMPOTENT_METADATA, options);

@@ -1,0 +1,32 @@
+// The whole public surface of the library. Anything not exported here is internal.
+export { IdempotencyModule } from './idempotency.module.js';
+export { Idempotent, IDEMPOTENT_METADATA } from './idempotent.decorator.js';
+export { IdempotencyService, type Outcome } from './idempotency.service.js';
+export { IdempotencyInterceptor, REPLAYED_HEADER } from './idempotency.interceptor.js';
+export { IdempotencyExceptionFilter } from './idempotency.filter.js';
+export {
+  DEFAULT_REPLAY_HEADERS,
+  type ConcurrencyMode,
+  type ErrorStoragePolicy,
+  type IdempotencyModuleExtras,
+  type IdempotencyModuleOptions,
+  type IdempotentRouteOptions,
+  type ScopeResolver,
+} from './idempotency.options.js';
+export {
+  IdempotencyError,
+  IdempotencyKeyReuseError,
+  IdempotencyStoreUnavailableError,
+  InvalidIdempotencyKeyError,
+  MissingIdempotencyKeyError,
+  PROBLEM_TYPE_BASE,
+  RequestInProgressError,
+  ResponseNotReplayableError,
+  type ProblemDetails,
+} from './errors.js';
+export type { IdempotencyRecord, RecordIdentity, RecordStatus, StoredResponse } from './record.js';
+export { canonicalJson, fingerprintOf, parseIdempotencyKey } from './request-identity.js';
+export { IdempotencyStore, type ClaimRequest, type ClaimResult, type PurgeOptions } from './storage/idempotency.store.js';
+export { PostgresIdempotencyStore, IDEMPOTENCY_TABLE } from './storage/postgres.store.js';
+export { MemoryIdempotencyStore } from './storage/memory.store.js';
+export { CreateIdempotencyKeys1764288000000, idempotencyMigrations } from '../migrations/index.js';

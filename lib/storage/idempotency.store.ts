@@ -1,0 +1,69 @@
+import type { IdempotencyRecord, ObservedRecord, RecordIdentity, StoredResponse } from '../record.js';
+
+export interface ClaimRequest {
+  readonly identity: RecordIdentity;
+  readonly fingerprint: string;
+  /** Fresh random token of the claiming request: its fencing token if it wins. */
+  readonly ownerToken: string;
+  /** How long the claim holds without renewal before another request may take over. */
+  readonly leaseMs: number;
+  /** Lifetime of the record; renewed from the moment it completes. */
+  readonly ttlMs: number;
+}
+
+export type ClaimResult =
+  /** The caller now owns the record (new, re-claimed after expiry, or taken over). */
+  | { readonly claimed: true; readonly record: IdempotencyRecord }
+  /** A live record holds the key; the caller decides with `decideClaim()` what to answer. */
+  | { readonly claimed: false; readonly observed: ObservedRecord };
+
+export interface PurgeOptions {
+  /** Rows deleted per statement: bounds lock time and WAL per batch. */
+  readonly batchSize?: number;
+  /** Stop after this many batches (for a purge job with a time budget). */
+  readonly maxBatches?: number;
+}
+
+/**
+ * Where idempotency records live. This abstract class is both the type and the
+ * injection token: provide another implementation with `{ provide: IdempotencyStore, useClass }`
+ * or the module's `store` option.
+ *
+ * Every store must guarantee:
+ * - **Atomic claim.** Of any number of concurrent `claim()` calls for one identity, on
+ *   any number of processes, at most one returns `claimed: true` while the record is live.
+ *   Take-over of a lapsed lease and re-claim of an expired record are atomic too.
+ * - **Fencing.** `complete`, `release` and `renew` change a record only while it is
+ *   `in_progress` and owned by the given token; otherwise they change nothing and return false.
+ * - **Expiry.** A record whose `expiresAt` has passed behaves as absent for every operation.
+ * - **Time from one clock.** Leases and expiry are compared against the store's clock,
+ *   never against the clocks of app instances.
+ * - The transitions of `record.ts` and no others.
+ */
+export abstract class IdempotencyStore {
+  /** Claims the identity, or returns the live record that holds it. */
+  abstract claim(request: ClaimRequest): Promise<ClaimResult>;
+
+  /** Moves an owned record to `completed` with its response; false if fenced out. */
+  abstract complete(
+    identity: RecordIdentity,
+    ownerToken: string,
+    response: StoredResponse,
+    ttlMs: number,
+  ): Promise<boolean>;
+
+  /** Deletes an owned in-flight record so that the key is free again; false if fenced out. */
+  abstract release(identity: RecordIdentity, ownerToken: string): Promise<boolean>;
+
+  /** Extends the lease of an owned in-flight record; false if the lease was lost. */
+  abstract renew(identity: RecordIdentity, ownerToken: string, leaseMs: number): Promise<boolean>;
+
+  /** The live record of an identity, or null when absent or expired. */
+  abstract find(identity: RecordIdentity): Promise<IdempotencyRecord | null>;
+
+  /** Deletes expired records in batches; returns how many were deleted. */
+  abstract purgeExpired(options?: PurgeOptions): Promise<number>;
+
+  /** Checks at start-up that the store is usable; throws with a message that names the fix. */
+  async verify(): Promise<void> {}
+}

@@ -1,0 +1,133 @@
+import {
+  decideClaim,
+  type IdempotencyRecord,
+  type ObservedRecord,
+  type RecordIdentity,
+  type StoredResponse,
+} from '../record.js';
+import { type ClaimRequest, type ClaimResult, IdempotencyStore, type PurgeOptions } from './idempotency.store.js';
+
+/**
+ * An in-process store for an application's own unit tests: no database, same contract
+ * as the PostgreSQL store (the shared contract suite runs against both). It is not for
+ * production: records are not shared between processes and vanish on restart.
+ *
+ * Expired records are swept every `sweepEvery` writes, so it cannot grow without bound.
+ */
+export class MemoryIdempotencyStore extends IdempotencyStore {
+  private readonly records = new Map<string, IdempotencyRecord>();
+  private writes = 0;
+
+  constructor(
+    private readonly now: () => number = Date.now,
+    private readonly sweepEvery = 1000,
+  ) {
+    super();
+  }
+
+  async claim(request: ClaimRequest): Promise<ClaimResult> {
+    this.sweepNowAndThen();
+    const id = keyOf(request.identity);
+    const existing = this.records.get(id);
+    if (existing) {
+      const observed = this.observe(existing);
+      const decision = decideClaim(observed, request.fingerprint);
+      if (decision !== 'reclaim' && decision !== 'take-over') return { claimed: false, observed };
+    }
+    const now = this.now();
+    const record: IdempotencyRecord = {
+      ...request.identity,
+      status: 'in_progress',
+      fingerprint: request.fingerprint,
+      ownerToken: request.ownerToken,
+      lockedUntil: new Date(now + request.leaseMs),
+      response: null,
+      createdAt: new Date(now),
+      completedAt: null,
+      expiresAt: new Date(now + request.ttlMs),
+    };
+    this.records.set(id, record);
+    return { claimed: true, record };
+  }
+
+  async complete(
+    identity: RecordIdentity,
+    ownerToken: string,
+    response: StoredResponse,
+    ttlMs: number,
+  ): Promise<boolean> {
+    const record = this.owned(identity, ownerToken);
+    if (!record) return false;
+    const now = this.now();
+    this.records.set(keyOf(identity), {
+      ...record,
+      status: 'completed',
+      ownerToken: null,
+      lockedUntil: null,
+      // A copy, as a database would keep: later changes to the object do not leak in.
+      response: structuredClone(response),
+      completedAt: new Date(now),
+      expiresAt: new Date(now + ttlMs),
+    });
+    return true;
+  }
+
+  async release(identity: RecordIdentity, ownerToken: string): Promise<boolean> {
+    if (!this.owned(identity, ownerToken)) return false;
+    this.records.delete(keyOf(identity));
+    return true;
+  }
+
+  async renew(identity: RecordIdentity, ownerToken: string, leaseMs: number): Promise<boolean> {
+    const record = this.owned(identity, ownerToken);
+    if (!record) return false;
+    this.records.set(keyOf(identity), { ...record, lockedUntil: new Date(this.now() + leaseMs) });
+    return true;
+  }
+
+  async find(identity: RecordIdentity): Promise<IdempotencyRecord | null> {
+    const record = this.records.get(keyOf(identity));
+    return record && !this.observe(record).expired ? record : null;
+  }
+
+  async purgeExpired({ maxBatches = Infinity, batchSize = 1000 }: PurgeOptions = {}): Promise<number> {
+    let deleted = 0;
+    const limit = maxBatches * batchSize;
+    for (const [id, record] of this.records) {
+      if (deleted >= limit) break;
+      if (this.observe(record).expired) {
+        this.records.delete(id);
+        deleted++;
+      }
+    }
+    return deleted;
+  }
+
+  /** Number of records held, expired ones included (for tests of the sweep). */
+  get size(): number {
+    return this.records.size;
+  }
+
+  private observe(record: IdempotencyRecord): ObservedRecord {
+    const now = this.now();
+    const leaseLive = record.status === 'in_progress' && record.lockedUntil!.getTime() > now;
+    return {
+      record,
+      expired: record.expiresAt.getTime() <= now && !leaseLive,
+      leaseLapsed: record.status === 'in_progress' && !leaseLive,
+    };
+  }
+
+  private owned(identity: RecordIdentity, ownerToken: string): IdempotencyRecord | undefined {
+    const record = this.records.get(keyOf(identity));
+    return record?.status === 'in_progress' && record.ownerToken === ownerToken ? record : undefined;
+  }
+
+  private sweepNowAndThen(): void {
+    if (++this.writes % this.sweepEvery === 0) void this.purgeExpired();
+  }
+}
+
+function keyOf({ scope, method, route, key }: RecordIdentity): string {
+  return JSON.stringify([scope, method, route, key]);
+}

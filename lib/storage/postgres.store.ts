@@ -1,0 +1,284 @@
+import type { DataSource } from 'typeorm';
+import {
+  decideClaim,
+  type IdempotencyRecord,
+  type ObservedRecord,
+  type RecordIdentity,
+  type StoredResponse,
+} from '../record.js';
+import { type ClaimRequest, type ClaimResult, IdempotencyStore, type PurgeOptions } from './idempotency.store.js';
+
+/** The subset of node-postgres' Pool and PoolClient this store uses. */
+interface Queryable {
+  query(text: string, values?: unknown[]): Promise<{ rows: any[]; rowCount: number | null }>;
+}
+interface Pool extends Queryable {
+  connect(): Promise<Queryable & { release(error?: Error | boolean): void }>;
+}
+
+export const IDEMPOTENCY_TABLE = 'idempotency_keys';
+
+/*
+ * Every SQL statement of the library. All values are parameters; $1..$4 are always the
+ * record identity (scope, method, route, key), which is the table's primary key.
+ * All time comparisons use the database clock (now()), never an app instance's.
+ */
+
+const IDENTITY = 'k.scope = $1 AND k.method = $2 AND k.route = $3 AND k.idempotency_key = $4';
+
+/** A record counts as absent once expired, but never while a live lease protects a running request. */
+const EXPIRED = "(k.expires_at <= now() AND NOT (k.status = 'in_progress' AND k.locked_until > now()))";
+const LEASE_LAPSED = "(k.status = 'in_progress' AND k.locked_until <= now())";
+
+const MS = "* interval '1 millisecond'";
+
+/**
+ * Fast path, one round trip for the common cases. Inserts the record if the key is
+ * free (the primary key makes two concurrent inserts impossible: the loser's
+ * DO NOTHING fires), else returns the existing row as of this statement's snapshot so
+ * that a replay costs no second query. The existing row is not locked here: replays
+ * must not serialise on it.
+ */
+const SQL_CLAIM = `
+WITH inserted AS (
+  INSERT INTO ${IDEMPOTENCY_TABLE} AS k
+    (scope, method, route, idempotency_key, fingerprint, status, owner_token, locked_until, expires_at)
+  VALUES ($1, $2, $3, $4, $5, 'in_progress', $6, now() + $7::float8 ${MS}, now() + $8::float8 ${MS})
+  ON CONFLICT (scope, method, route, idempotency_key) DO NOTHING
+  RETURNING k.*
+)
+SELECT true AS claimed, i.*, false AS expired, false AS lease_lapsed FROM inserted i
+UNION ALL
+SELECT false, k.*, ${EXPIRED}, ${LEASE_LAPSED}
+FROM ${IDEMPOTENCY_TABLE} k
+WHERE ${IDENTITY} AND NOT EXISTS (SELECT 1 FROM inserted)`;
+
+/**
+ * Slow path, step 1: examine the existing record under a row lock, so that the decision
+ * (take over, re-claim, replay, conflict) and the change it leads to see the same row.
+ */
+const SQL_EXAMINE_FOR_UPDATE = `
+SELECT k.*, ${EXPIRED} AS expired, ${LEASE_LAPSED} AS lease_lapsed
+FROM ${IDEMPOTENCY_TABLE} k WHERE ${IDENTITY} FOR UPDATE`;
+
+/** Slow path, a key with no row at all: insert; DO NOTHING if a concurrent claim got there first. */
+const SQL_INSERT = `
+INSERT INTO ${IDEMPOTENCY_TABLE} AS k
+  (scope, method, route, idempotency_key, fingerprint, status, owner_token, locked_until, expires_at)
+VALUES ($1, $2, $3, $4, $5, 'in_progress', $6, now() + $7::float8 ${MS}, now() + $8::float8 ${MS})
+ON CONFLICT (scope, method, route, idempotency_key) DO NOTHING
+RETURNING k.*`;
+
+/**
+ * Slow path, step 2: re-claim an expired record or take over a lapsed lease, with a new
+ * owner token (which fences out the previous owner). Guarded so it cannot fire on a live record.
+ */
+const SQL_RECLAIM = `
+UPDATE ${IDEMPOTENCY_TABLE} AS k
+SET fingerprint = $5, status = 'in_progress', owner_token = $6,
+    locked_until = now() + $7::float8 ${MS}, expires_at = now() + $8::float8 ${MS},
+    response = NULL, created_at = now(), completed_at = NULL
+WHERE ${IDENTITY} AND (${EXPIRED} OR ${LEASE_LAPSED})
+RETURNING k.*`;
+
+/** in_progress -> completed, only by the owner (fencing); the TTL counts from completion. */
+const SQL_COMPLETE = `
+UPDATE ${IDEMPOTENCY_TABLE} AS k
+SET status = 'completed', response = $6::jsonb, owner_token = NULL, locked_until = NULL,
+    completed_at = now(), expires_at = now() + $7::float8 ${MS}
+WHERE ${IDENTITY} AND k.status = 'in_progress' AND k.owner_token = $5`;
+
+/** in_progress -> absent, only by the owner: a retry may run again. */
+const SQL_RELEASE = `
+DELETE FROM ${IDEMPOTENCY_TABLE} AS k
+WHERE ${IDENTITY} AND k.status = 'in_progress' AND k.owner_token = $5`;
+
+/** Lease renewal (heartbeat) of a running request, only by the owner. */
+const SQL_RENEW = `
+UPDATE ${IDEMPOTENCY_TABLE} AS k SET locked_until = now() + $6::float8 ${MS}
+WHERE ${IDENTITY} AND k.status = 'in_progress' AND k.owner_token = $5`;
+
+/** Look-up of a live record. */
+const SQL_FIND = `SELECT k.* FROM ${IDEMPOTENCY_TABLE} k WHERE ${IDENTITY} AND NOT ${EXPIRED}`;
+
+/**
+ * One purge batch, oldest expiry first through the expires_at index. SKIP LOCKED: rows a
+ * live request or another purger holds are left for a later batch instead of waited for.
+ */
+const SQL_PURGE_BATCH = `
+DELETE FROM ${IDEMPOTENCY_TABLE}
+WHERE ctid = ANY(ARRAY(
+  SELECT k.ctid FROM ${IDEMPOTENCY_TABLE} k
+  WHERE ${EXPIRED}
+  ORDER BY k.expires_at
+  LIMIT $1
+  FOR UPDATE SKIP LOCKED))`;
+
+const SQL_VERIFY = `SELECT 1 FROM ${IDEMPOTENCY_TABLE} LIMIT 0`;
+
+/** How often the slow path re-examines a key whose row appeared or vanished under it. */
+const MAX_SLOW_PATH_ATTEMPTS = 5;
+
+/**
+ * The PostgreSQL store: records in the `idempotency_keys` table, on the application's
+ * TypeORM DataSource. It talks to the DataSource's node-postgres pool directly: one
+ * pooled query per operation, without a TypeORM QueryRunner per call.
+ */
+export class PostgresIdempotencyStore extends IdempotencyStore {
+  private readonly pool: Pool;
+
+  constructor(dataSource: DataSource) {
+    super();
+    if (dataSource.options.type !== 'postgres') {
+      throw new Error(
+        `IdempotencyModule: the DataSource is of type "${dataSource.options.type}"; ` +
+          'the PostgreSQL store needs a DataSource of type "postgres".',
+      );
+    }
+    // The driver's pool exists once the DataSource is initialised, which
+    // TypeOrmModule does before any provider that injects it is created.
+    this.pool = (dataSource.driver as unknown as { master: Pool }).master;
+  }
+
+  async claim(request: ClaimRequest): Promise<ClaimResult> {
+    const { rows } = await this.pool.query(SQL_CLAIM, claimParameters(request));
+    const row = rows[0];
+    if (row?.claimed) return { claimed: true, record: toRecord(row) };
+    if (row) {
+      const observed = toObserved(row);
+      if (!observed.expired && !observed.leaseLapsed) return { claimed: false, observed };
+    }
+    // The row is expired or abandoned, or it changed between the INSERT and our
+    // snapshot: decide under a row lock.
+    return this.claimSlowly(request);
+  }
+
+  private async claimSlowly(request: ClaimRequest): Promise<ClaimResult> {
+    const params = claimParameters(request);
+    const client = await this.pool.connect();
+    let failed: Error | undefined;
+    try {
+      for (let attempt = 0; attempt < MAX_SLOW_PATH_ATTEMPTS; attempt++) {
+        await client.query('BEGIN');
+        const result = await this.examineAndClaim(client, request, params);
+        await client.query('COMMIT');
+        if (result) return result;
+      }
+      throw new Error('idempotency claim did not settle: the record kept changing concurrently');
+    } catch (error) {
+      failed = error as Error;
+      await client.query('ROLLBACK').catch(() => undefined);
+      throw error;
+    } finally {
+      // A client that failed mid-transaction is discarded rather than reused.
+      client.release(failed);
+    }
+  }
+
+  /** One locked examination; undefined when the row appeared or vanished meanwhile. */
+  private async examineAndClaim(
+    client: Queryable,
+    request: ClaimRequest,
+    params: unknown[],
+  ): Promise<ClaimResult | undefined> {
+    const { rows } = await client.query(SQL_EXAMINE_FOR_UPDATE, identityParameters(request.identity));
+    if (rows.length === 0) {
+      const inserted = await client.query(SQL_INSERT, params);
+      return inserted.rows[0] ? { claimed: true, record: toRecord(inserted.rows[0]) } : undefined;
+    }
+    const observed = toObserved(rows[0]);
+    const decision = decideClaim(observed, request.fingerprint);
+    if (decision !== 'reclaim' && decision !== 'take-over') return { claimed: false, observed };
+    const updated = await client.query(SQL_RECLAIM, params);
+    return updated.rows[0] ? { claimed: true, record: toRecord(updated.rows[0]) } : undefined;
+  }
+
+  async complete(
+    identity: RecordIdentity,
+    ownerToken: string,
+    response: StoredResponse,
+    ttlMs: number,
+  ): Promise<boolean> {
+    const { rowCount } = await this.pool.query(SQL_COMPLETE, [
+      ...identityParameters(identity),
+      ownerToken,
+      JSON.stringify(response),
+      ttlMs,
+    ]);
+    return rowCount === 1;
+  }
+
+  async release(identity: RecordIdentity, ownerToken: string): Promise<boolean> {
+    const { rowCount } = await this.pool.query(SQL_RELEASE, [...identityParameters(identity), ownerToken]);
+    return rowCount === 1;
+  }
+
+  async renew(identity: RecordIdentity, ownerToken: string, leaseMs: number): Promise<boolean> {
+    const { rowCount } = await this.pool.query(SQL_RENEW, [...identityParameters(identity), ownerToken, leaseMs]);
+    return rowCount === 1;
+  }
+
+  async find(identity: RecordIdentity): Promise<IdempotencyRecord | null> {
+    const { rows } = await this.pool.query(SQL_FIND, identityParameters(identity));
+    return rows[0] ? toRecord(rows[0]) : null;
+  }
+
+  async purgeExpired({ batchSize = 1000, maxBatches = Infinity }: PurgeOptions = {}): Promise<number> {
+    let total = 0;
+    for (let batch = 0; batch < maxBatches; batch++) {
+      const { rowCount } = await this.pool.query(SQL_PURGE_BATCH, [batchSize]);
+      total += rowCount ?? 0;
+      if ((rowCount ?? 0) < batchSize) break;
+    }
+    return total;
+  }
+
+  override async verify(): Promise<void> {
+    try {
+      await this.pool.query(SQL_VERIFY);
+    } catch (error) {
+      if ((error as { code?: string }).code === '42P01') {
+        throw new Error(
+          `IdempotencyModule: table "${IDEMPOTENCY_TABLE}" does not exist. Add the exported ` +
+            'idempotencyMigrations to your DataSource "migrations" and run them (see the README).',
+        );
+      }
+      throw error;
+    }
+  }
+}
+
+function identityParameters(identity: RecordIdentity): unknown[] {
+  return [identity.scope, identity.method, identity.route, identity.key];
+}
+
+function claimParameters(request: ClaimRequest): unknown[] {
+  return [
+    ...identityParameters(request.identity),
+    request.fingerprint,
+    request.ownerToken,
+    request.leaseMs,
+    request.ttlMs,
+  ];
+}
+
+function toRecord(row: any): IdempotencyRecord {
+  return {
+    scope: row.scope,
+    method: row.method,
+    route: row.route,
+    key: row.idempotency_key,
+    status: row.status,
+    fingerprint: row.fingerprint,
+    ownerToken: row.owner_token,
+    lockedUntil: row.locked_until,
+    response: row.response,
+    createdAt: row.created_at,
+    completedAt: row.completed_at,
+    expiresAt: row.expires_at,
+  };
+}
+
+function toObserved(row: any): ObservedRecord {
+  return { record: toRecord(row), expired: row.expired, leaseLapsed: row.lease_lapsed };
+}

@@ -1,0 +1,131 @@
+import { HttpException, StreamableFile } from '@nestjs/common';
+import { Readable } from 'node:stream';
+import { ResponseNotReplayableError } from './errors.js';
+import type { StoredResponse } from './record.js';
+
+/**
+ * Turns what a handler returned into a StoredResponse, and a StoredResponse back into
+ * what the handler returned, so that Nest serialises a replay through the same path
+ * (adapter, content type, JSON settings) as the original: the bytes on the wire match.
+ */
+
+export interface CapturedResult {
+  stored: StoredResponse;
+  /** What to send to the first client: the original value, or a stream re-made after reading it. */
+  result: unknown;
+}
+
+interface ResponseMeta {
+  status: number;
+  headers: Record<string, string | string[]>;
+}
+
+export async function captureResult(result: unknown, meta: ResponseMeta, maxBytes: number): Promise<CapturedResult> {
+  if (result instanceof StreamableFile) return captureFile(result, meta, maxBytes);
+  if (isStreamingBody(result)) {
+    return { result, stored: notReplayable(meta, 'the handler returned a stream, which is sent only once') };
+  }
+  let stored: StoredResponse;
+  if (result === undefined) {
+    stored = { ...meta, kind: 'empty' };
+  } else if (typeof result === 'string') {
+    stored = { ...meta, kind: 'text', ...encodeText(result) };
+  } else if (result instanceof Uint8Array) {
+    stored = { ...meta, kind: 'binary', body: Buffer.from(result).toString('base64'), encoding: 'base64' };
+  } else {
+    // JSON text, not a JSONB object: JSONB would reorder keys and the replay would differ.
+    stored = { ...meta, kind: 'json', body: JSON.stringify(result) };
+  }
+  return { result, stored: withinLimit(stored, result, maxBytes) };
+}
+
+/** A thrown HttpException, stored as its status and `getResponse()`, which filters render. */
+export function captureError(error: HttpException, headers: Record<string, string | string[]>): StoredResponse {
+  return { status: error.getStatus(), headers, kind: 'error', body: JSON.stringify(error.getResponse()) };
+}
+
+/** The value to hand back to Nest for a stored response; errors are thrown. */
+export function replayValue(stored: StoredResponse): unknown {
+  switch (stored.kind) {
+    case 'json':
+      return JSON.parse(stored.body!);
+    case 'text':
+      return decode(stored).toString('utf8');
+    case 'binary':
+      return decode(stored);
+    case 'file':
+      return new StreamableFile(decode(stored), stored.file);
+    case 'empty':
+      return undefined;
+    case 'error':
+      throw new HttpException(JSON.parse(stored.body!), stored.status);
+    case 'unreplayable':
+      throw new ResponseNotReplayableError(stored.reason ?? 'it could not be stored');
+  }
+}
+
+async function captureFile(file: StreamableFile, meta: ResponseMeta, maxBytes: number): Promise<CapturedResult> {
+  const stream = file.getStream();
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of stream) {
+    const buffer = Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk);
+    chunks.push(buffer);
+    size += buffer.length;
+    if (size > maxBytes) {
+      // Too large to keep: the first client still gets all of it, read on from where we stopped.
+      const rest = Readable.from(resume(chunks, stream));
+      return {
+        result: new StreamableFile(rest, file.getHeaders()),
+        stored: notReplayable(meta, `the file is larger than ${maxBytes} bytes`),
+      };
+    }
+  }
+  const body = Buffer.concat(chunks);
+  const headers = file.getHeaders();
+  const options = {
+    type: headers.type,
+    disposition: headers.disposition,
+    length: headers.length ?? body.length,
+  };
+  return {
+    result: new StreamableFile(body, options),
+    stored: { ...meta, kind: 'file', body: body.toString('base64'), encoding: 'base64', file: options },
+  };
+}
+
+async function* resume(read: Buffer[], stream: AsyncIterable<unknown>): AsyncGenerator<Buffer> {
+  yield* read;
+  for await (const chunk of stream) yield Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk as Uint8Array);
+}
+
+function withinLimit(stored: StoredResponse, result: unknown, maxBytes: number): StoredResponse {
+  const size = stored.body === undefined ? 0 : Buffer.byteLength(stored.body, stored.encoding === 'base64' ? 'base64' : 'utf8');
+  return size > maxBytes ? notReplayable(stored, `the response body is larger than ${maxBytes} bytes`) : stored;
+}
+
+function notReplayable(meta: ResponseMeta, reason: string): StoredResponse {
+  return { status: meta.status, headers: meta.headers, kind: 'unreplayable', reason };
+}
+
+/** JSONB text cannot hold NUL or lone surrogates: such strings are kept as base64 of their UTF-8. */
+function encodeText(text: string): Pick<StoredResponse, 'body' | 'encoding'> {
+  return text.includes('\0') || !text.isWellFormed()
+    ? { body: Buffer.from(text, 'utf8').toString('base64'), encoding: 'base64' }
+    : { body: text, encoding: 'utf8' };
+}
+
+function decode(stored: StoredResponse): Buffer {
+  return Buffer.from(stored.body ?? '', stored.encoding === 'base64' ? 'base64' : 'utf8');
+}
+
+/** Streams other than StreamableFile: Node streams, web streams and Responses, async iterables. */
+function isStreamingBody(value: unknown): boolean {
+  if (value === null || typeof value !== 'object') return false;
+  return (
+    typeof (value as { pipe?: unknown }).pipe === 'function' ||
+    value instanceof ReadableStream ||
+    value instanceof Response ||
+    Symbol.asyncIterator in value
+  );
+}

@@ -1,0 +1,49 @@
+import { type DynamicModule, Module } from '@nestjs/common';
+import { APP_FILTER } from '@nestjs/core';
+import { TypeOrmModule } from '@nestjs/typeorm';
+import { IdempotencyModule, idempotencyMigrations } from '../lib/index.js';
+import { callerOf } from './caller.guard.js';
+import { SAMPLE_CONFIG, type SampleConfig } from './config.js';
+import { Email } from './emails/email.entity.js';
+import { EmailsController } from './emails/emails.controller.js';
+import { HealthController } from './health.controller.js';
+import { CreateSampleTables1764288000001 } from './migrations/1764288000001-create-sample-tables.js';
+import { PaymentIntentsController } from './payment-intents.controller.js';
+import { Payment } from './payments/payment.entity.js';
+import { PaymentsController } from './payments/payments.controller.js';
+import { ProblemFilter } from './problem.filter.js';
+
+@Module({})
+export class AppModule {
+  static forRoot(config: SampleConfig): DynamicModule {
+    return {
+      module: AppModule,
+      imports: [
+        TypeOrmModule.forRoot({
+          type: 'postgres',
+          url: config.databaseUrl,
+          entities: [Payment, Email],
+          // The library's migration is added like any other of the application's.
+          migrations: [...idempotencyMigrations, CreateSampleTables1764288000001],
+          migrationsRun: true,
+          synchronize: false,
+          retryAttempts: 3,
+        }),
+        TypeOrmModule.forFeature([Payment, Email]),
+        IdempotencyModule.forRoot({
+          // Keys are scoped per caller: another user's key opens nothing.
+          scope: (request) => callerOf(request),
+          leaseMs: config.leaseMs,
+          waitTimeoutMs: config.waitTimeoutMs,
+          ttlMs: config.ttlMs,
+          purgeIntervalMs: 10 * 60 * 1000,
+        }),
+      ],
+      controllers: [PaymentsController, EmailsController, PaymentIntentsController, HealthController],
+      providers: [
+        { provide: SAMPLE_CONFIG, useValue: config },
+        { provide: APP_FILTER, useClass: ProblemFilter },
+      ],
+    };
+  }
+}

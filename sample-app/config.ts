@@ -1,0 +1,34 @@
+/** The sample app's settings, all from the environment (the contract in the README). */
+export interface SampleConfig {
+  /** PostgreSQL URL; when unset, `main.ts` starts an embedded server and fills it in. */
+  databaseUrl: string;
+  /** Simulated payment-provider delay inside the handlers. */
+  providerLatencyMs: number;
+  /** Lease of in-flight keys (short values make crash tests quick). */
+  leaseMs?: number;
+  /** How long `concurrency: 'wait'` duplicates wait. */
+  waitTimeoutMs?: number;
+  /** How long completed keys are replayed. */
+  ttlMs?: number;
+}
+
+export function numberFromEnv(name: string, fallback?: number): number | undefined {
+  const raw = process.env[name];
+  if (raw === undefined || raw === '') return fallback;
+  const value = Number(raw);
+  if (!Number.isFinite(value) || value < 0) throw new Error(`${name} must be a non-negative number, got "${raw}"`);
+  return value;
+}
+
+export function configFromEnv(databaseUrl: string): SampleConfig {
+  return {
+    databaseUrl,
+    providerLatencyMs: numberFromEnv('PROVIDER_LATENCY_MS', 0)!,
+    leaseMs: numberFromEnv('IDEMPOTENCY_LEASE_MS'),
+    waitTimeoutMs: numberFromEnv('IDEMPOTENCY_WAIT_TIMEOUT_MS'),
+    ttlMs: numberFromEnv('IDEMPOTENCY_TTL_MS'),
+  };
+}
+
+/** Provider token of the config inside the app. */
+export const SAMPLE_CONFIG = Symbol('SAMPLE_CONFIG');

@@ -1,0 +1,41 @@
+import 'reflect-metadata';
+import { Logger } from '@nestjs/common';
+import { NestFactory } from '@nestjs/core';
+import { AppModule } from './app.module.js';
+import { configFromEnv, numberFromEnv } from './config.js';
+import { startEmbeddedDatabase } from './embedded-database.js';
+
+/**
+ * The sample payments API. Env: PORT (default 3000), DATABASE_URL (when unset, an
+ * embedded PostgreSQL keeps its data under .data/), PROVIDER_LATENCY_MS (default 0).
+ */
+async function bootstrap(): Promise<void> {
+  const logger = new Logger('SampleApp');
+  let databaseUrl = process.env.DATABASE_URL;
+  let stopDatabase = async () => {};
+  if (!databaseUrl) {
+    const port = numberFromEnv('EMBEDDED_POSTGRES_PORT', 54329)!;
+    const embedded = await startEmbeddedDatabase('.data/postgres', port);
+    logger.log(`DATABASE_URL is unset: using an embedded PostgreSQL on port ${port} (data in .data/postgres)`);
+    databaseUrl = embedded.url;
+    stopDatabase = embedded.stop;
+  }
+  const app = await NestFactory.create(AppModule.forRoot(configFromEnv(databaseUrl)));
+  const port = numberFromEnv('PORT', 3000)!;
+  await app.listen(port);
+  const address = app.getHttpServer().address();
+  // Tests start the app with PORT=0 and read the port from this line.
+  logger.log(`listening on port ${typeof address === 'object' && address ? address.port : port}`);
+  const stop = async () => {
+    await app.close();
+    await stopDatabase();
+    process.exit(0);
+  };
+  process.once('SIGTERM', stop);
+  process.once('SIGINT', stop);
+}
+
+bootstrap().catch((error) => {
+  console.error(error);
+  process.exit(1);
+});

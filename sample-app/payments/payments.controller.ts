@@ -1,0 +1,78 @@
+import { Body, Controller, HttpException, Inject, Post, UseGuards } from '@nestjs/common';
+import { InjectRepository } from '@nestjs/typeorm';
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { Repository } from 'typeorm';
+import { Idempotent } from '../../lib/index.js';
+import { CallerGuard, CallerId } from '../caller.guard.js';
+import { SAMPLE_CONFIG, type SampleConfig } from '../config.js';
+import { type CreatePayment, CreatePaymentPipe } from './create-payment.pipe.js';
+import { Payment } from './payment.entity.js';
+
+/** Test cards, as payment providers document them. */
+export const DECLINED_CARD = '4000000000000002';
+export const PROVIDER_ERROR_CARD = '4000000000000119';
+
+@Controller('payments')
+@UseGuards(CallerGuard)
+export class PaymentsController {
+  constructor(
+    @InjectRepository(Payment) private readonly payments: Repository<Payment>,
+    @Inject(SAMPLE_CONFIG) private readonly config: SampleConfig,
+  ) {}
+
+  /**
+   * Parallel duplicates wait for the first request and receive its response: a client
+   * that double-submits a payment sees one payment, not an error.
+   */
+  @Post()
+  @Idempotent({ concurrency: 'wait' })
+  async create(@CallerId() userId: string, @Body(CreatePaymentPipe) body: CreatePayment) {
+    if (body.card === DECLINED_CARD) {
+      await this.callProvider();
+      // A 4xx is the operation's final answer: stored and replayed to retries.
+      throw new HttpException(
+        {
+          type: 'urn:sample-app:problem:card-declined',
+          title: 'Card declined',
+          status: 402,
+          detail: 'The card was declined by the issuer.',
+        },
+        402,
+      );
+    }
+    if (body.card === PROVIDER_ERROR_CARD) {
+      await this.callProvider();
+      // A 5xx is not stored: the key is released and a retry runs again.
+      throw new HttpException(
+        {
+          type: 'urn:sample-app:problem:provider-unavailable',
+          title: 'Payment provider unavailable',
+          status: 503,
+          detail: 'The payment provider did not answer; retry with the same key.',
+        },
+        503,
+      );
+    }
+    const payment = await this.payments.save(
+      this.payments.create({
+        userId,
+        amount: body.amount,
+        currency: body.currency,
+        cardLast4: body.card ? body.card.slice(-4) : null,
+        status: 'succeeded',
+      }),
+    );
+    await this.callProvider();
+    return {
+      id: payment.id,
+      amount: payment.amount,
+      currency: payment.currency,
+      status: payment.status,
+      createdAt: payment.createdAt.toISOString(),
+    };
+  }
+
+  private async callProvider(): Promise<void> {
+    if (this.config.providerLatencyMs > 0) await sleep(this.config.providerLatencyMs);
+  }
+}

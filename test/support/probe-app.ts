@@ -1,0 +1,192 @@
+import {
+  Body,
+  Controller,
+  type DynamicModule,
+  Header,
+  HttpCode,
+  HttpException,
+  Injectable,
+  Module,
+  type PipeTransform,
+  Post,
+  Res,
+  StreamableFile,
+} from '@nestjs/common';
+import { TypeOrmModule } from '@nestjs/typeorm';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { Idempotent, IdempotencyModule, type IdempotencyModuleOptions } from '../../lib/index.js';
+
+/** How many times each probe handler ran, by route name. */
+export class Calls {
+  private readonly counts = new Map<string, number>();
+  private running = 0;
+  /** Most handlers of this app that ever ran at the same time. */
+  maxConcurrent = 0;
+
+  hit(name: string): void {
+    this.counts.set(name, this.count(name) + 1);
+  }
+
+  count(name: string): number {
+    return this.counts.get(name) ?? 0;
+  }
+
+  /** Marks a handler as running until the returned function is called. */
+  enter(): () => void {
+    this.maxConcurrent = Math.max(this.maxConcurrent, ++this.running);
+    return () => void this.running--;
+  }
+}
+
+interface ProbeBody {
+  delayMs?: number;
+  status?: number;
+  crash?: boolean;
+  valid?: boolean;
+  [other: string]: unknown;
+}
+
+@Injectable()
+class RejectInvalid implements PipeTransform {
+  transform(value: ProbeBody) {
+    if (value?.valid === false) throw new HttpException({ message: 'invalid body' }, 400);
+    return value;
+  }
+}
+
+/** A controller exercising every behaviour of the library; each handler counts its runs. */
+@Controller()
+class ProbeController {
+  constructor(private readonly calls: Calls) {}
+
+  @Post('orders')
+  @Idempotent()
+  @Header('Location', '/orders/42')
+  async order(@Body() body: ProbeBody, @Res({ passthrough: true }) response: { header(name: string, value: string): void }) {
+    this.calls.hit('orders');
+    // Set by the handler itself (Express and Fastify both have header()): only the first response has them.
+    response.header('Set-Cookie', 'session=secret');
+    response.header('X-Not-Replayed', 'yes');
+    await sleep(body.delayMs ?? 0);
+    // Key order, non-ASCII text and floats that a JSONB round trip would not keep.
+    return { zeta: 1, alpha: { b: 2.5, a: [3, 'x'] }, text: 'Grüße, 東京 ✓', big: 1e21, small: 1.1e-7, n: this.calls.count('orders') };
+  }
+
+  @Post('wait')
+  @Idempotent({ concurrency: 'wait' })
+  async wait(@Body() body: ProbeBody) {
+    this.calls.hit('wait');
+    const leave = this.calls.enter();
+    try {
+      await sleep(body.delayMs ?? 0);
+      if (body.status) throw new HttpException({ message: 'failed on purpose' }, body.status);
+      return { ran: this.calls.count('wait'), at: Date.now() };
+    } finally {
+      leave();
+    }
+  }
+
+  @Post('wait-briefly')
+  @Idempotent({ concurrency: 'wait', waitTimeoutMs: 300 })
+  async waitBriefly(@Body() body: ProbeBody) {
+    this.calls.hit('wait-briefly');
+    await sleep(body.delayMs ?? 0);
+    return { ran: this.calls.count('wait-briefly') };
+  }
+
+  @Post('fail')
+  @Idempotent()
+  async fail(@Body() body: ProbeBody) {
+    this.calls.hit('fail');
+    if (body.crash) throw new Error('unexpected failure');
+    throw new HttpException({ message: `status ${body.status}`, run: this.calls.count('fail') }, body.status ?? 500);
+  }
+
+  @Post('validated')
+  @Idempotent()
+  validated(@Body(RejectInvalid) body: ProbeBody) {
+    this.calls.hit('validated');
+    return { accepted: body };
+  }
+
+  @Post('optional')
+  @Idempotent({ required: false })
+  optional() {
+    this.calls.hit('optional');
+    return { ran: this.calls.count('optional') };
+  }
+
+  @Post('text')
+  @Idempotent()
+  text() {
+    this.calls.hit('text');
+    return `plain text run ${this.calls.count('text')}\0with a NUL`;
+  }
+
+  @Post('binary')
+  @Idempotent()
+  binary() {
+    this.calls.hit('binary');
+    return Buffer.from([0, 1, 2, 255, 254, this.calls.count('binary')]);
+  }
+
+  @Post('file')
+  @Idempotent()
+  file() {
+    this.calls.hit('file');
+    const content = Buffer.from(`file contents, run ${this.calls.count('file')}\n`.repeat(100));
+    return new StreamableFile(content, { type: 'text/csv', disposition: 'attachment; filename="report.csv"' });
+  }
+
+  @Post('large')
+  @Idempotent({ maxResponseBytes: 1000 })
+  large() {
+    this.calls.hit('large');
+    return { data: 'x'.repeat(2000) };
+  }
+
+  @Post('empty')
+  @HttpCode(204)
+  @Idempotent()
+  empty() {
+    this.calls.hit('empty');
+  }
+
+  @Post('short-lived')
+  @Idempotent({ ttlMs: 300 })
+  shortLived() {
+    this.calls.hit('short-lived');
+    return { ran: this.calls.count('short-lived') };
+  }
+
+  @Post('with-query')
+  @Idempotent({ fingerprint: { query: true, headers: ['X-Tenant'] } })
+  withQuery() {
+    this.calls.hit('with-query');
+    return { ran: this.calls.count('with-query') };
+  }
+
+  @Post('plain')
+  plain() {
+    this.calls.hit('plain');
+    return { ran: this.calls.count('plain') };
+  }
+}
+
+/** The probe app on a database, with module options for the test at hand. */
+export function probeModule(url: string, calls: Calls, options: IdempotencyModuleOptions = {}): DynamicModule {
+  @Module({})
+  class ProbeModule {}
+  return {
+    module: ProbeModule,
+    imports: [
+      TypeOrmModule.forRoot({ type: 'postgres', url, retryAttempts: 0 }),
+      IdempotencyModule.forRoot({
+        scope: (request) => String(request.headers['x-user-id'] ?? ''),
+        ...options,
+      }),
+    ],
+    controllers: [ProbeController],
+    providers: [{ provide: Calls, useValue: calls }],
+  };
+}
