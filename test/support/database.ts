@@ -26,21 +26,23 @@ export function databaseUrl(name: string): string {
 }
 
 /**
- * A fresh database with the library's and the sample app's migrations applied, run
- * through TypeORM exactly as an application runs them.
+ * A fresh database, by default with the library's and the sample app's migrations
+ * applied, run through TypeORM exactly as an application runs them.
  */
-export async function createTestDatabase(): Promise<TestDatabase> {
+export async function createTestDatabase({ migrate = true } = {}): Promise<TestDatabase> {
   const name = 'idem_test_' + randomBytes(6).toString('hex');
   await admin(`CREATE DATABASE ${name}`);
   const url = databaseUrl(name);
-  const migrator = new DataSource({
-    type: 'postgres',
-    url,
-    migrations: [...idempotencyMigrations, CreateSampleTables1764288000001],
-  });
-  await migrator.initialize();
-  await migrator.runMigrations();
-  await migrator.destroy();
+  if (migrate) {
+    const migrator = new DataSource({
+      type: 'postgres',
+      url,
+      migrations: [...idempotencyMigrations, CreateSampleTables1764288000001],
+    });
+    await migrator.initialize();
+    await migrator.runMigrations();
+    await migrator.destroy();
+  }
   const pool = new pg.Pool({ connectionString: url, max: 4 });
   // Tests terminate backends on purpose; an idle client's error must not crash the run.
   pool.on('error', () => {});
