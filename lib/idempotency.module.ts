@@ -1,9 +1,9 @@
-import { Module } from '@nestjs/common';
+import { type DynamicModule, Module } from '@nestjs/common';
 import { APP_FILTER, APP_INTERCEPTOR, DiscoveryModule } from '@nestjs/core';
 import { IdempotentRoutes } from './idempotent-routes.js';
 import { IdempotencyExceptionFilter } from './idempotency.filter.js';
 import { IdempotencyInterceptor } from './idempotency.interceptor.js';
-import { ConfigurableIdempotencyModule } from './idempotency.module-definition.js';
+import { ConfigurableIdempotencyModule, OPTIONS_TYPE } from './idempotency.module-definition.js';
 import { IdempotencyService } from './idempotency.service.js';
 
 /**
@@ -21,4 +21,9 @@ import { IdempotencyService } from './idempotency.service.js';
   ],
   exports: [IdempotencyService],
 })
-export class IdempotencyModule extends ConfigurableIdempotencyModule {}
+export class IdempotencyModule extends ConfigurableIdempotencyModule {
+  /** Every option has a default, so `forRoot()` alone is a complete configuration. */
+  static override forRoot(options: typeof OPTIONS_TYPE = {}): DynamicModule {
+    return super.forRoot(options);
+  }
+}

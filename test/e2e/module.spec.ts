@@ -1,0 +1,172 @@
+import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
+import { Controller, Injectable, Module, Post, Res } from '@nestjs/common';
+import { TypeOrmModule } from '@nestjs/typeorm';
+import { randomUUID } from 'node:crypto';
+import {
+  Idempotent,
+  type IdempotencyModuleOptions,
+  IdempotencyModule,
+  MemoryIdempotencyStore,
+} from '../../lib/index.js';
+import { createTestDatabase, type TestDatabase } from '../support/database.js';
+import { post } from '../support/http.js';
+import { startApp } from '../support/test-app.js';
+
+let runs = 0;
+
+@Controller()
+class CounterController {
+  @Post('count')
+  @Idempotent()
+  count() {
+    return { runs: ++runs };
+  }
+}
+
+@Controller()
+class WritesResponseItself {
+  @Post('raw')
+  @Idempotent()
+  raw(@Res() response: { send(body: string): void }) {
+    response.send('hand-written');
+  }
+}
+
+@Injectable()
+class Settings {
+  readonly header = 'X-Request-Key';
+}
+
+@Module({ providers: [Settings], exports: [Settings] })
+class SettingsModule {}
+
+@Injectable()
+class OptionsFactory {
+  constructor(private readonly settings: Settings) {}
+  createIdempotencyOptions(): IdempotencyModuleOptions {
+    return { headerName: this.settings.header };
+  }
+}
+
+const appWith = (imports: unknown[], controllers: unknown[] = [CounterController]) => {
+  @Module({ imports: imports as never[], controllers: controllers as never[] })
+  class TestModule {}
+  return TestModule;
+};
+
+describe('IdempotencyModule wiring', () => {
+  let db: TestDatabase;
+
+  beforeAll(async () => {
+    db = await createTestDatabase();
+  });
+
+  afterAll(async () => {
+    await db?.drop();
+  });
+
+  const replays = async (url: string, header = 'idempotency-key') => {
+    const key = randomUUID();
+    const first = await post(url, '/count', { headers: { [header]: key } });
+    const retry = await post(url, '/count', { headers: { [header]: key } });
+    expect(first.status).toBe(201);
+    expect(retry.headers.get('idempotent-replayed')).toBe('true');
+    expect(retry.text).toBe(first.text);
+  };
+
+  it('forRootAsync with useFactory, inject and imports', async () => {
+    const running = await startApp(
+      appWith([
+        TypeOrmModule.forRoot({ type: 'postgres', url: db.url }),
+        IdempotencyModule.forRootAsync({
+          imports: [SettingsModule],
+          inject: [Settings],
+          useFactory: (settings: Settings) => ({ headerName: settings.header }),
+        }),
+      ]),
+      'express',
+    );
+    try {
+      await replays(running.url, 'x-request-key');
+      expect((await post(running.url, '/count', { key: randomUUID() })).status).toBe(400);
+    } finally {
+      await running.close();
+    }
+  });
+
+  it('forRootAsync with useClass', async () => {
+    const running = await startApp(
+      appWith([
+        TypeOrmModule.forRoot({ type: 'postgres', url: db.url }),
+        IdempotencyModule.forRootAsync({ imports: [SettingsModule], useClass: OptionsFactory }),
+      ]),
+      'express',
+    );
+    try {
+      await replays(running.url, 'x-request-key');
+    } finally {
+      await running.close();
+    }
+  });
+
+  it('uses a named DataSource', async () => {
+    const running = await startApp(
+      appWith([
+        TypeOrmModule.forRoot({ name: 'ledger', type: 'postgres', url: db.url }),
+        IdempotencyModule.forRoot({ dataSource: 'ledger' }),
+      ]),
+      'fastify',
+    );
+    try {
+      await replays(running.url);
+    } finally {
+      await running.close();
+    }
+  });
+
+  it('runs on the memory store without any database', async () => {
+    const running = await startApp(appWith([IdempotencyModule.forRoot({ store: MemoryIdempotencyStore })]), 'express');
+    try {
+      await replays(running.url);
+    } finally {
+      await running.close();
+    }
+  });
+
+  const bootError = async (imports: unknown[], controllers?: unknown[]) => {
+    try {
+      const running = await startApp(appWith(imports, controllers), 'express');
+      await running.close();
+    } catch (error) {
+      return (error as Error).message;
+    }
+    throw new Error('the application started');
+  };
+
+  it('fails at start-up, naming the fix, without a DataSource', async () => {
+    expect(await bootError([IdempotencyModule.forRoot()])).toMatch(/no TypeORM DataSource found.*TypeOrmModule\.forRoot/);
+  });
+
+  it('fails at start-up when the migration has not run', async () => {
+    const bare = await createTestDatabase({ migrate: false });
+    try {
+      const message = await bootError([
+        TypeOrmModule.forRoot({ type: 'postgres', url: bare.url }),
+        IdempotencyModule.forRoot(),
+      ]);
+      expect(message).toMatch(/idempotency_keys" does not exist.*idempotencyMigrations/);
+    } finally {
+      await bare.drop();
+    }
+  });
+
+  it('fails at start-up for a route that writes its response itself', async () => {
+    const message = await bootError([IdempotencyModule.forRoot({ store: MemoryIdempotencyStore })], [WritesResponseItself]);
+    expect(message).toMatch(/WritesResponseItself\.raw.*@Res\(\)/);
+  });
+
+  it('fails at start-up for an option that cannot work', async () => {
+    const message = await bootError([IdempotencyModule.forRoot({ store: MemoryIdempotencyStore, leaseMs: 0 })]);
+    expect(message).toMatch(/"leaseMs" must be a positive number/);
+  });
+});

@@ -1,0 +1,160 @@
+import { describe, expect, it } from '@jest/globals';
+import { BadRequestException, HttpException, type ExecutionContext } from '@nestjs/common';
+import {
+  DEFAULT_REPLAY_HEADERS,
+  resolveRouteOptions,
+  validateOptions,
+  type ResolvedRouteOptions,
+} from '../../lib/idempotency.options.js';
+
+const context = {} as ExecutionContext;
+
+describe('resolveRouteOptions', () => {
+  it('fills every option with its documented default', () => {
+    const options = resolveRouteOptions();
+    expect(options).toMatchObject({
+      required: true,
+      concurrency: 'reject',
+      waitTimeoutMs: 10_000,
+      leaseMs: 30_000,
+      ttlMs: 86_400_000,
+      fingerprint: { query: false, headers: [] },
+      replayHeaders: [...DEFAULT_REPLAY_HEADERS],
+      maxResponseBytes: 1_048_576,
+      headerName: 'Idempotency-Key',
+      maxKeyLength: 255,
+      retryAfterSeconds: 1,
+    });
+    expect(typeof options.storeErrors).toBe('function');
+    expect(typeof options.scope).toBe('function');
+  });
+
+  it('lets later sources override earlier ones', () => {
+    const options = resolveRouteOptions(
+      { leaseMs: 5_000, ttlMs: 60_000, required: false },
+      { leaseMs: 6_000 },
+      undefined,
+      { concurrency: 'wait' },
+    );
+    expect(options).toMatchObject({ leaseMs: 6_000, ttlMs: 60_000, required: false, concurrency: 'wait' });
+  });
+
+  it('never lets undefined override', () => {
+    const options = resolveRouteOptions(
+      { leaseMs: 5_000, required: false },
+      { leaseMs: undefined, required: undefined, concurrency: undefined },
+    );
+    expect(options).toMatchObject({ leaseMs: 5_000, required: false, concurrency: 'reject' });
+  });
+
+  it('keeps falsy values that are not undefined', () => {
+    expect(resolveRouteOptions({ required: false }).required).toBe(false);
+    expect(resolveRouteOptions({ leaseMs: 0 }).leaseMs).toBe(0);
+  });
+
+  it('lower-cases fingerprint and replay header names', () => {
+    const options = resolveRouteOptions({
+      fingerprint: { query: true, headers: ['X-Tenant-Id'] },
+      replayHeaders: ['Content-Type', 'X-Request-ID'],
+    });
+    expect(options.fingerprint).toEqual({ query: true, headers: ['x-tenant-id'] });
+    expect(options.replayHeaders).toEqual(['content-type', 'x-request-id']);
+  });
+
+  it('fills a partial fingerprint option from the defaults', () => {
+    expect(resolveRouteOptions({ fingerprint: { query: true } }).fingerprint).toEqual({ query: true, headers: [] });
+    expect(resolveRouteOptions({ fingerprint: { headers: ['X-A'] } }).fingerprint).toEqual({
+      query: false,
+      headers: ['x-a'],
+    });
+  });
+
+  // BUG (lib/idempotency.options.ts:307 and :310): the nested fingerprint object is spread
+  // as is, so an explicit `undefined` inside it does override the default: `query` becomes
+  // undefined, and `headers: undefined` makes `.map` throw a TypeError.
+  it.failing('never lets undefined override inside the fingerprint option', () => {
+    expect(resolveRouteOptions({ fingerprint: { query: undefined, headers: undefined } }).fingerprint).toEqual({
+      query: false,
+      headers: [],
+    });
+  });
+
+  it('removes set-cookie from replayHeaders, however it is spelled', () => {
+    const options = resolveRouteOptions({ replayHeaders: ['Set-Cookie', 'location', 'SET-COOKIE', 'set-cookie'] });
+    expect(options.replayHeaders).toEqual(['location']);
+  });
+
+  it('does not share arrays with the defaults or the sources', () => {
+    const replayHeaders = ['etag'];
+    const first = resolveRouteOptions({ replayHeaders });
+    first.replayHeaders.push('x-leak');
+    first.fingerprint.headers.push('x-leak');
+    expect(replayHeaders).toEqual(['etag']);
+    expect(resolveRouteOptions().replayHeaders).toEqual([...DEFAULT_REPLAY_HEADERS]);
+    expect(resolveRouteOptions().fingerprint.headers).toEqual([]);
+  });
+
+  it('stores 4xx errors and not 5xx by default', () => {
+    const { storeErrors } = resolveRouteOptions();
+    const decide = (status: number) => storeErrors(status, new HttpException('x', status));
+    expect([400, 404, 409, 422, 499].map(decide)).toEqual([true, true, true, true, true]);
+    expect([500, 502, 503, 302, 399].map(decide)).toEqual([false, false, false, false, false]);
+    expect(storeErrors(400, new BadRequestException())).toBe(true);
+  });
+
+  it('resolves the default scope from request.user.id, then request.user.sub, else ""', () => {
+    const { scope } = resolveRouteOptions();
+    expect(scope({ user: { id: 42, sub: 'ignored' } }, context)).toBe('42');
+    expect(scope({ user: { id: 0 } }, context)).toBe('0');
+    expect(scope({ user: { id: null, sub: 'auth0|7' } }, context)).toBe('auth0|7');
+    expect(scope({ user: { sub: 'auth0|7' } }, context)).toBe('auth0|7');
+    expect(scope({ user: {} }, context)).toBe('');
+    expect(scope({}, context)).toBe('');
+    expect(scope(undefined, context)).toBe('');
+  });
+
+  it('uses a given scope resolver and error policy instead of the defaults', () => {
+    const scope = () => 'tenant-1';
+    const storeErrors = () => false;
+    const options = resolveRouteOptions({ scope }, { storeErrors });
+    expect(options.scope).toBe(scope);
+    expect(options.storeErrors).toBe(storeErrors);
+  });
+});
+
+describe('validateOptions', () => {
+  const valid = (overrides: Partial<ResolvedRouteOptions> = {}) => ({ ...resolveRouteOptions(), ...overrides });
+
+  it('accepts the defaults and both concurrency modes', () => {
+    expect(() => validateOptions(valid(), 'module options')).not.toThrow();
+    expect(() => validateOptions(valid({ concurrency: 'wait' }), 'module options')).not.toThrow();
+  });
+
+  it.each(['waitTimeoutMs', 'leaseMs', 'ttlMs', 'maxResponseBytes', 'maxKeyLength'] as const)(
+    'rejects a %s that is not a positive number, naming the option and where it was set',
+    (name) => {
+      for (const value of [0, -1, Number.NaN, Number.POSITIVE_INFINITY]) {
+        expect(() => validateOptions(valid({ [name]: value }), '@Idempotent() on PaymentsController.create')).toThrow(
+          `IdempotencyModule: @Idempotent() on PaymentsController.create: "${name}" must be a positive number, got ${value}.`,
+        );
+      }
+      expect(() => validateOptions(valid({ [name]: 1 }), 'module options')).not.toThrow();
+    },
+  );
+
+  it('rejects an unknown concurrency mode', () => {
+    expect(() => validateOptions(valid({ concurrency: 'queue' as never }), 'module options')).toThrow(
+      /"concurrency" must be 'reject' or 'wait'/,
+    );
+  });
+
+  it.each(['', 'Idempotency Key', 'Idempotency-Key:', 'clé', 'a\nb'])('rejects the header name %j', (headerName) => {
+    expect(() => validateOptions(valid({ headerName }), 'module options')).toThrow(
+      'IdempotencyModule: module options: "headerName" is not a valid header name.',
+    );
+  });
+
+  it('accepts header names made of token characters', () => {
+    expect(() => validateOptions(valid({ headerName: "X-Request_Key.v2!#$%&'*+^`|~" }), 'module options')).not.toThrow();
+  });
+});
