@@ -176,19 +176,30 @@ const DEFAULTS: ResolvedRouteOptions = {
   retryAfterSeconds: 1,
 };
 
-/** Later sources override earlier ones; `undefined` never overrides. */
+/**
+ * Later sources override earlier ones; `undefined` never overrides. `fingerprint` is
+ * merged field by field, so a route can add headers without dropping the module's `query`.
+ */
 export function resolveRouteOptions(
   ...sources: Array<IdempotencyModuleOptions | IdempotentRouteOptions | undefined>
 ): ResolvedRouteOptions {
   const merged: Record<string, unknown> = { ...DEFAULTS };
+  const fingerprint: Record<string, unknown> = { ...DEFAULTS.fingerprint };
   for (const source of sources) {
-    for (const [name, value] of Object.entries(source ?? {})) if (value !== undefined) merged[name] = value;
+    for (const [name, value] of Object.entries(source ?? {})) {
+      if (value === undefined) continue;
+      if (name === 'fingerprint') {
+        for (const [field, setting] of Object.entries(value)) if (setting !== undefined) fingerprint[field] = setting;
+      } else {
+        merged[name] = value;
+      }
+    }
   }
   const resolved = merged as ResolvedRouteOptions;
-  const fingerprint = { ...DEFAULTS.fingerprint, ...resolved.fingerprint };
+  const { query, headers } = fingerprint as ResolvedRouteOptions['fingerprint'];
   return {
     ...resolved,
-    fingerprint: { query: fingerprint.query, headers: fingerprint.headers.map((h) => h.toLowerCase()) },
+    fingerprint: { query, headers: headers.map((h) => h.toLowerCase()) },
     // Cookies are credentials of one client: replaying them to another is a leak.
     replayHeaders: resolved.replayHeaders.map((h) => h.toLowerCase()).filter((h) => h !== 'set-cookie'),
   };
@@ -201,6 +212,14 @@ export function validateOptions(options: ResolvedRouteOptions, where: string): v
     const value = options[name];
     if (!Number.isFinite(value) || value <= 0) {
       throw new Error(`IdempotencyModule: ${where}: "${name}" must be a positive number, got ${value}.`);
+    }
+  }
+  if (!Number.isInteger(options.retryAfterSeconds) || options.retryAfterSeconds < 0) {
+    throw new Error(`IdempotencyModule: ${where}: "retryAfterSeconds" must be a whole number of seconds.`);
+  }
+  for (const name of ['scope', 'storeErrors'] as const) {
+    if (typeof options[name] !== 'function') {
+      throw new Error(`IdempotencyModule: ${where}: "${name}" must be a function.`);
     }
   }
   if (options.concurrency !== 'reject' && options.concurrency !== 'wait') {

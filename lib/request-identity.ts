@@ -75,7 +75,8 @@ function sortKeys(value: unknown): unknown {
     if (typeof (value as { toJSON?: unknown }).toJSON === 'function') {
       return sortKeys((value as { toJSON(): unknown }).toJSON());
     }
-    const sorted: Record<string, unknown> = {};
+    // No prototype: a "__proto__" member of a parsed body stays an ordinary member.
+    const sorted: Record<string, unknown> = Object.create(null);
     for (const key of Object.keys(value).sort()) sorted[key] = sortKeys((value as Record<string, unknown>)[key]);
     return sorted;
   }

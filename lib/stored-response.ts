@@ -65,23 +65,23 @@ export function replayValue(stored: StoredResponse): unknown {
 }
 
 async function captureFile(file: StreamableFile, meta: ResponseMeta, maxBytes: number): Promise<CapturedResult> {
-  const stream = file.getStream();
-  const chunks: Buffer[] = [];
+  // One iterator, advanced by hand: leaving a for-await loop early would destroy the stream.
+  const chunks = file.getStream()[Symbol.asyncIterator]();
+  const read: Buffer[] = [];
   let size = 0;
-  for await (const chunk of stream) {
-    const buffer = Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk);
-    chunks.push(buffer);
+  for (let next = await chunks.next(); !next.done; next = await chunks.next()) {
+    const buffer = toBuffer(next.value);
+    read.push(buffer);
     size += buffer.length;
     if (size > maxBytes) {
       // Too large to keep: the first client still gets all of it, read on from where we stopped.
-      const rest = Readable.from(resume(chunks, stream));
       return {
-        result: new StreamableFile(rest, file.getHeaders()),
+        result: new StreamableFile(Readable.from(resume(read, chunks)), file.getHeaders()),
         stored: notReplayable(meta, `the file is larger than ${maxBytes} bytes`),
       };
     }
   }
-  const body = Buffer.concat(chunks);
+  const body = Buffer.concat(read);
   const headers = file.getHeaders();
   const options = {
     type: headers.type,
@@ -94,9 +94,13 @@ async function captureFile(file: StreamableFile, meta: ResponseMeta, maxBytes: n
   };
 }
 
-async function* resume(read: Buffer[], stream: AsyncIterable<unknown>): AsyncGenerator<Buffer> {
+async function* resume(read: Buffer[], rest: AsyncIterator<unknown>): AsyncGenerator<Buffer> {
   yield* read;
-  for await (const chunk of stream) yield Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk as Uint8Array);
+  for (let next = await rest.next(); !next.done; next = await rest.next()) yield toBuffer(next.value);
+}
+
+function toBuffer(chunk: unknown): Buffer {
+  return Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk as Uint8Array);
 }
 
 function withinLimit(stored: StoredResponse, result: unknown, maxBytes: number): StoredResponse {

@@ -69,14 +69,18 @@ describe('resolveRouteOptions', () => {
     });
   });
 
-  // BUG (lib/idempotency.options.ts:307 and :310): the nested fingerprint object is spread
-  // as is, so an explicit `undefined` inside it does override the default: `query` becomes
-  // undefined, and `headers: undefined` makes `.map` throw a TypeError.
-  it.failing('never lets undefined override inside the fingerprint option', () => {
+  // An explicit `undefined` inside the nested option once overrode the default (and made `.map` throw).
+  it('never lets undefined override inside the fingerprint option', () => {
     expect(resolveRouteOptions({ fingerprint: { query: undefined, headers: undefined } }).fingerprint).toEqual({
       query: false,
       headers: [],
     });
+  });
+
+  it('merges the fingerprint option field by field across module, controller and method', () => {
+    const module = { fingerprint: { query: true } };
+    const method = { fingerprint: { headers: ['X-A'] } };
+    expect(resolveRouteOptions(module, undefined, method).fingerprint).toEqual({ query: true, headers: ['x-a'] });
   });
 
   it('removes set-cookie from replayHeaders, however it is spelled', () => {
@@ -141,6 +145,17 @@ describe('validateOptions', () => {
       expect(() => validateOptions(valid({ [name]: 1 }), 'module options')).not.toThrow();
     },
   );
+
+  it('rejects a Retry-After that is not a whole number of seconds', () => {
+    for (const retryAfterSeconds of [-1, 1.5, Number.NaN]) {
+      expect(() => validateOptions(valid({ retryAfterSeconds }), 'module options')).toThrow(/"retryAfterSeconds"/);
+    }
+    expect(() => validateOptions(valid({ retryAfterSeconds: 0 }), 'module options')).not.toThrow();
+  });
+
+  it.each(['scope', 'storeErrors'] as const)('rejects a %s that is not a function', (name) => {
+    expect(() => validateOptions(valid({ [name]: 'user' as never }), 'module options')).toThrow(`"${name}" must be a function`);
+  });
 
   it('rejects an unknown concurrency mode', () => {
     expect(() => validateOptions(valid({ concurrency: 'queue' as never }), 'module options')).toThrow(
