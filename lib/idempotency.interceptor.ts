@@ -6,10 +6,10 @@ import {
   type NestInterceptor,
 } from '@nestjs/common';
 import { HttpAdapterHost } from '@nestjs/core';
-import { catchError, from, lastValueFrom, mergeMap, type Observable } from 'rxjs';
+import { from, lastValueFrom, mergeAll, type Observable, of } from 'rxjs';
 import { IdempotencyError } from './errors.js';
-import { IdempotentRoutes } from './idempotent-routes.js';
-import { type Execution, IdempotencyService, type IncomingRequest } from './idempotency.service.js';
+import { type IdempotentRoute, IdempotentRoutes } from './idempotent-routes.js';
+import { type Execution, IdempotencyService, type IncomingRequest, type Outcome } from './idempotency.service.js';
 import type { StoredResponse } from './record.js';
 import { captureError, captureResult, replayValue } from './stored-response.js';
 
@@ -38,27 +38,36 @@ export class IdempotencyInterceptor implements NestInterceptor {
     const route = this.routes.of(context.getClass(), context.getHandler());
     if (!route) return next.handle();
     const http = context.switchToHttp();
-    const request = http.getRequest<IncomingRequest>();
-    const response = http.getResponse();
+    return from(this.handle(route, http.getRequest(), http.getResponse(), context, next)).pipe(mergeAll());
+  }
 
-    return from(this.service.begin(route, request, context)).pipe(
-      catchError((error) => {
-        if (error instanceof IdempotencyError) this.setHeaders(response, error.headers);
-        throw error;
-      }),
-      mergeMap((outcome) => {
-        switch (outcome.kind) {
-          case 'bypass':
-            return next.handle();
-          case 'replay':
-            return from(this.replay(outcome.response, response));
-          case 'execute':
-            // A promise, not an operator chain: once the handler has started, its result
-            // is stored (or the key released) even if the client goes away meanwhile.
-            return from(this.execute(outcome.execution, next, request, response));
-        }
-      }),
-    );
+  /**
+   * One promise from claim to completion: once the key is claimed, the handler's result
+   * is stored (or the key released) even if the subscriber goes away meanwhile (a client
+   * disconnect, an outer timeout interceptor), so a claimed key is never left behind.
+   */
+  private async handle(
+    route: IdempotentRoute,
+    request: IncomingRequest,
+    response: unknown,
+    context: ExecutionContext,
+    next: CallHandler,
+  ): Promise<Observable<unknown>> {
+    let outcome: Outcome;
+    try {
+      outcome = await this.service.begin(route, request, context);
+    } catch (error) {
+      if (error instanceof IdempotencyError) this.setHeaders(response, error.headers);
+      throw error;
+    }
+    switch (outcome.kind) {
+      case 'bypass':
+        return next.handle();
+      case 'replay':
+        return of(this.replay(outcome.response, response));
+      case 'execute':
+        return of(await this.execute(outcome.execution, next, request, response));
+    }
   }
 
   private async execute(execution: Execution, next: CallHandler, request: object, response: unknown): Promise<unknown> {
@@ -90,7 +99,7 @@ export class IdempotencyInterceptor implements NestInterceptor {
     return captured.result;
   }
 
-  private async replay(stored: StoredResponse, response: unknown): Promise<unknown> {
+  private replay(stored: StoredResponse, response: unknown): unknown {
     const { httpAdapter } = this.adapterHost;
     httpAdapter.status(response, stored.status);
     this.setHeaders(response, { ...stored.headers, [REPLAYED_HEADER]: 'true' });

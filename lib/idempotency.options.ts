@@ -47,13 +47,13 @@ export interface IdempotentRouteOptions {
    * Which thrown HttpExceptions are stored and replayed like successes. Errors that are
    * not HttpExceptions are never stored. Requests rejected before the handler ran
    * (guards, pipes) are never stored either.
-   * @default 4xx are stored; 5xx are not (the key is released so a retry runs again)
+   * @default 4xx are stored except 408, 409, 425 and 429; 5xx are not (the key is released so a retry runs again)
    */
   storeErrors?: ErrorStoragePolicy;
   /**
-   * What besides the body identifies "the same request": with a different fingerprint,
-   * a reused key gets 422.
-   * @default { query: false, headers: [] }
+   * What besides the body and the path parameters identifies "the same request": with a
+   * different fingerprint, a reused key gets 422.
+   * @default { query: true, headers: [] }
    */
   fingerprint?: {
     /** Include the query string's parameters. */
@@ -89,7 +89,7 @@ export interface IdempotencyModuleOptions extends IdempotentRouteOptions {
   /**
    * The caller's identity: keys are unique per (scope, method, route, key), so one
    * caller can never receive another's stored response. Return '' for anonymous callers.
-   * @default `request.user.id ?? request.user.sub ?? ''` (the shape Passport strategies produce)
+   * @default `request.user.id ?? .sub ?? .userId`; '' without `request.user`; an error when `request.user` has none of them
    */
   scope?: ScopeResolver;
   /**
@@ -143,13 +143,33 @@ export const DEFAULT_REPLAY_HEADERS: readonly string[] = [
   'vary',
 ];
 
+/**
+ * The authenticated principal's id (`id`, `sub` or `userId`: the shapes Passport and the
+ * NestJS JWT recipes produce), or '' when the request carries no principal at all. A
+ * principal without a recognisable id is an error, never the shared anonymous scope:
+ * otherwise every user would share one scope and could read each other's responses.
+ */
 const defaultScope: ScopeResolver = (request) => {
   const user = request?.user;
-  const id = user?.id ?? user?.sub;
-  return id === undefined || id === null ? '' : String(id);
+  if (user === undefined || user === null) return '';
+  const id = user.id ?? user.sub ?? user.userId;
+  if (id === undefined || id === null || id === '') {
+    throw new Error(
+      'IdempotencyModule: request.user has no id, sub or userId, so the caller cannot be told apart; ' +
+        'set the "scope" option to return the caller\'s identity.',
+    );
+  }
+  return String(id);
 };
 
-const storeClientErrors: ErrorStoragePolicy = (status) => status >= 400 && status < 500;
+/**
+ * 4xx are the operation's final answer, except the statuses that mean "not now" and
+ * invite the same request again (Request Timeout, Conflict, Too Early, Too Many Requests):
+ * replaying those for a day would turn a transient refusal into a permanent one.
+ */
+const TRANSIENT_CLIENT_ERRORS = new Set([408, 409, 425, 429]);
+const storeClientErrors: ErrorStoragePolicy = (status) =>
+  status >= 400 && status < 500 && !TRANSIENT_CLIENT_ERRORS.has(status);
 
 /** Options of one route after defaults, module options and route options are merged. */
 export type ResolvedRouteOptions = Required<Omit<IdempotentRouteOptions, 'fingerprint'>> & {
@@ -167,7 +187,7 @@ const DEFAULTS: ResolvedRouteOptions = {
   leaseMs: 30_000,
   ttlMs: 24 * 60 * 60 * 1000,
   storeErrors: storeClientErrors,
-  fingerprint: { query: false, headers: [] },
+  fingerprint: { query: true, headers: [] },
   replayHeaders: [...DEFAULT_REPLAY_HEADERS],
   maxResponseBytes: 1024 * 1024,
   headerName: 'Idempotency-Key',
@@ -205,6 +225,9 @@ export function resolveRouteOptions(
   };
 }
 
+/** Longest key the table accepts: the key is part of a B-tree index entry, which has a size limit. */
+export const MAX_KEY_LENGTH = 1024;
+
 /** Rejects option values that cannot work, at start-up rather than on the first request. */
 export function validateOptions(options: ResolvedRouteOptions, where: string): void {
   const positive = ['waitTimeoutMs', 'leaseMs', 'ttlMs', 'maxResponseBytes', 'maxKeyLength'] as const;
@@ -213,6 +236,9 @@ export function validateOptions(options: ResolvedRouteOptions, where: string): v
     if (!Number.isFinite(value) || value <= 0) {
       throw new Error(`IdempotencyModule: ${where}: "${name}" must be a positive number, got ${value}.`);
     }
+  }
+  if (options.maxKeyLength > MAX_KEY_LENGTH) {
+    throw new Error(`IdempotencyModule: ${where}: "maxKeyLength" may be at most ${MAX_KEY_LENGTH} (index entry size).`);
   }
   if (!Number.isInteger(options.retryAfterSeconds) || options.retryAfterSeconds < 0) {
     throw new Error(`IdempotencyModule: ${where}: "retryAfterSeconds" must be a whole number of seconds.`);

@@ -25,12 +25,15 @@ export interface IncomingRequest {
   method: string;
   headers: Record<string, string | string[] | undefined>;
   body?: unknown;
+  params?: Record<string, string>;
   query?: unknown;
 }
 
 /** A claimed record that this request now runs the handler for. */
 export class Execution {
   private heartbeat?: NodeJS.Timeout;
+  /** Set once the record is completed or released: later renewals are moot. */
+  finished = false;
 
   constructor(
     readonly identity: RecordIdentity,
@@ -38,14 +41,19 @@ export class Execution {
     readonly options: ResolvedRouteOptions,
   ) {}
 
-  /** @internal Renews the lease while the handler runs, so only a dead process loses it. */
+  /**
+   * @internal Renews the lease every third of it until the record is completed or
+   * released, so that a live process loses it only if it cannot reach the store for a
+   * whole lease.
+   */
   startHeartbeat(renew: () => Promise<void>): void {
     this.heartbeat = setInterval(() => void renew(), Math.max(1, Math.floor(this.options.leaseMs / 3)));
     this.heartbeat.unref();
   }
 
   /** @internal */
-  stopHeartbeat(): void {
+  finish(): void {
+    this.finished = true;
     clearInterval(this.heartbeat);
   }
 }
@@ -59,7 +67,7 @@ export type Outcome =
   /** This request owns the key: run the handler, then complete or release. */
   | { kind: 'execute'; execution: Execution };
 
-const COMPLETE_RETRY_DELAYS_MS = [50, 250];
+const COMPLETE_RETRY_DELAYS_MS = [50, 250, 1000];
 
 /**
  * The idempotency flow: claim, wait, replay, complete, release; plus purge and look-up.
@@ -105,6 +113,7 @@ export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
     };
     const fingerprint = fingerprintOf({
       body: request.body,
+      params: request.params && Object.keys(request.params).length ? request.params : undefined,
       query: options.fingerprint.query ? request.query : undefined,
       headers: options.fingerprint.headers.length
         ? Object.fromEntries(options.fingerprint.headers.map((name) => [name, request.headers[name]]))
@@ -138,11 +147,12 @@ export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
    * the truth for this client. The record then stays in progress until its lease lapses.
    */
   async complete(execution: Execution, response: StoredResponse): Promise<void> {
-    execution.stopHeartbeat();
     const { identity, ownerToken, options } = execution;
+    // The heartbeat goes on while completion is retried: the lease must not lapse meanwhile.
     for (let attempt = 0; ; attempt++) {
       try {
         const completed = await this.store.complete(identity, ownerToken, response, options.ttlMs);
+        execution.finish();
         if (!completed) {
           this.logger.warn(
             `${identity.method} ${identity.route}: the lease was lost before completion; ` +
@@ -152,6 +162,7 @@ export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
         return;
       } catch (error) {
         if (attempt >= COMPLETE_RETRY_DELAYS_MS.length) {
+          execution.finish();
           this.logger.error(
             `${identity.method} ${identity.route}: could not store the response; the key stays ` +
               `in progress until its lease lapses: ${describe(error)}`,
@@ -165,7 +176,6 @@ export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
 
   /** Frees the key of a failed execution so that a retry runs the handler again. */
   async release(execution: Execution): Promise<void> {
-    execution.stopHeartbeat();
     try {
       await this.store.release(execution.identity, execution.ownerToken);
     } catch (error) {
@@ -173,6 +183,8 @@ export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
         `${execution.identity.method} ${execution.identity.route}: could not release the key; ` +
           `it is free again once its lease lapses: ${describe(error)}`,
       );
+    } finally {
+      execution.finish();
     }
   }
 
@@ -189,13 +201,14 @@ export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
   private async renew(execution: Execution): Promise<void> {
     const { identity, ownerToken, options } = execution;
     try {
-      if (!(await this.store.renew(identity, ownerToken, options.leaseMs))) {
-        execution.stopHeartbeat();
+      const renewed = await this.store.renew(identity, ownerToken, options.leaseMs);
+      if (!renewed && !execution.finished) {
+        execution.finish();
         this.logger.warn(`${identity.method} ${identity.route}: the lease was lost while the handler ran.`);
       }
     } catch (error) {
       // The next beat tries again; the lease is a third of the way from lapsing.
-      this.logger.warn(`${identity.method} ${identity.route}: lease renewal failed: ${describe(error)}`);
+      if (!execution.finished) this.logger.warn(`${identity.method} ${identity.route}: lease renewal failed: ${describe(error)}`);
     }
   }
 

@@ -65,6 +65,8 @@ export interface StoredResponse {
    * object, which would reorder keys and drop spacing), so replays are byte-identical.
    */
   readonly body?: string;
+  /** For `json`: the handler returned an object whose JSON form is a primitive (e.g. a Date). */
+  readonly boxed?: boolean;
   /** `base64` for bytes, and for text that JSONB cannot hold (NUL, lone surrogates). */
   readonly encoding?: 'utf8' | 'base64';
   /** For `file`: the StreamableFile's type, disposition and length. */

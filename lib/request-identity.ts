@@ -85,6 +85,8 @@ function sortKeys(value: unknown): unknown {
 
 export interface FingerprintParts {
   body: unknown;
+  /** Path parameters: the same key on `/orders/1/refund` and `/orders/2/refund` is not the same request. */
+  params?: unknown;
   query?: unknown;
   headers?: Record<string, string | string[] | undefined>;
 }
@@ -99,6 +101,7 @@ export function fingerprintOf(parts: FingerprintParts): string {
   if (Buffer.isBuffer(body)) hash.update('b:').update(body);
   else if (typeof body === 'string') hash.update('s:').update(body);
   else hash.update('j:').update(canonicalJson(body ?? null));
+  if (parts.params !== undefined) hash.update('\0p:').update(canonicalJson(parts.params));
   if (parts.query !== undefined) hash.update('\0q:').update(canonicalJson(parts.query));
   if (parts.headers !== undefined) hash.update('\0h:').update(canonicalJson(parts.headers));
   return hash.digest('hex');

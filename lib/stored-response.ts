@@ -34,7 +34,11 @@ export async function captureResult(result: unknown, meta: ResponseMeta, maxByte
     stored = { ...meta, kind: 'binary', body: Buffer.from(result).toString('base64'), encoding: 'base64' };
   } else {
     // JSON text, not a JSONB object: JSONB would reorder keys and the replay would differ.
-    stored = { ...meta, kind: 'json', body: JSON.stringify(result) };
+    const body: string | undefined = JSON.stringify(result);
+    // An object whose toJSON() gives a primitive (a Date, a Decimal) is sent as JSON, but
+    // the bare primitive would be sent as text: it is replayed inside an object again.
+    const boxed = typeof result === 'object' && result !== null && body !== undefined && !/^[[{]/.test(body);
+    stored = body === undefined ? { ...meta, kind: 'empty' } : { ...meta, kind: 'json', body, ...(boxed && { boxed }) };
   }
   return { result, stored: withinLimit(stored, result, maxBytes) };
 }
@@ -47,8 +51,10 @@ export function captureError(error: HttpException, headers: Record<string, strin
 /** The value to hand back to Nest for a stored response; errors are thrown. */
 export function replayValue(stored: StoredResponse): unknown {
   switch (stored.kind) {
-    case 'json':
-      return JSON.parse(stored.body!);
+    case 'json': {
+      const value = JSON.parse(stored.body!);
+      return stored.boxed ? { toJSON: () => value } : value;
+    }
     case 'text':
       return decode(stored).toString('utf8');
     case 'binary':

@@ -25,7 +25,7 @@ export class CreateIdempotencyKeys1764288000000 implements MigrationInterface {
         expires_at      timestamptz NOT NULL,
         CONSTRAINT idempotency_keys_pkey PRIMARY KEY (scope, method, route, idempotency_key),
         CONSTRAINT idempotency_keys_status_check CHECK (status IN ('in_progress', 'completed')),
-        CONSTRAINT idempotency_keys_key_check CHECK (char_length(idempotency_key) BETWEEN 1 AND 4096),
+        CONSTRAINT idempotency_keys_key_check CHECK (char_length(idempotency_key) BETWEEN 1 AND 1024),
         CONSTRAINT idempotency_keys_in_progress_check CHECK (
           status <> 'in_progress'
           OR (owner_token IS NOT NULL AND locked_until IS NOT NULL AND response IS NULL AND completed_at IS NULL)),
@@ -35,12 +35,31 @@ export class CreateIdempotencyKeys1764288000000 implements MigrationInterface {
       )`);
     // Purging scans expired rows in expiry order through this index, never the table.
     await queryRunner.query(`CREATE INDEX idempotency_keys_expires_at_idx ON idempotency_keys (expires_at)`);
+    // The trigger compares against statement_timestamp(), as the store's SQL does: now()
+    // is the transaction start, which can lie before a row-lock wait.
     await queryRunner.query(`
       CREATE FUNCTION idempotency_keys_guard_transition() RETURNS trigger LANGUAGE plpgsql AS $$
       DECLARE
-        lease_live boolean := OLD.status = 'in_progress' AND OLD.locked_until > now();
-        expired boolean := OLD.expires_at <= now() AND NOT lease_live;
+        at timestamptz := statement_timestamp();
+        lease_live boolean;
+        expired boolean;
       BEGIN
+        IF TG_OP = 'INSERT' THEN
+          IF NEW.status <> 'in_progress' THEN
+            RAISE EXCEPTION 'idempotency_keys: a record is created in_progress, by a claim'
+              USING ERRCODE = 'check_violation';
+          END IF;
+          RETURN NEW;
+        END IF;
+        lease_live := OLD.status = 'in_progress' AND OLD.locked_until > at;
+        expired := OLD.expires_at <= at AND NOT lease_live;
+        IF TG_OP = 'DELETE' THEN
+          IF OLD.status = 'completed' AND NOT expired THEN
+            RAISE EXCEPTION 'idempotency_keys: a completed record is kept until it expires'
+              USING ERRCODE = 'check_violation';
+          END IF;
+          RETURN OLD;
+        END IF;
         IF (NEW.scope, NEW.method, NEW.route, NEW.idempotency_key)
            IS DISTINCT FROM (OLD.scope, OLD.method, OLD.route, OLD.idempotency_key) THEN
           RAISE EXCEPTION 'idempotency_keys: the identity of a record never changes'
@@ -58,21 +77,17 @@ export class CreateIdempotencyKeys1764288000000 implements MigrationInterface {
           RAISE EXCEPTION 'idempotency_keys: a record may be taken over only once its lease has lapsed'
             USING ERRCODE = 'check_violation';
         END IF;
-        IF NEW.status = 'in_progress' AND NEW.owner_token IS DISTINCT FROM OLD.owner_token
-           AND NEW.fingerprint IS DISTINCT FROM OLD.fingerprint THEN
-          RAISE EXCEPTION 'idempotency_keys: a take-over must carry the same request fingerprint'
-            USING ERRCODE = 'check_violation';
-        END IF;
-        IF NEW.status = 'in_progress' AND NEW.owner_token = OLD.owner_token
-           AND NEW.fingerprint IS DISTINCT FROM OLD.fingerprint THEN
-          RAISE EXCEPTION 'idempotency_keys: the fingerprint of a claimed record never changes'
+        IF NEW.status = 'in_progress' AND NEW.fingerprint IS DISTINCT FROM OLD.fingerprint THEN
+          RAISE EXCEPTION 'idempotency_keys: the fingerprint of a live record never changes'
             USING ERRCODE = 'check_violation';
         END IF;
         RETURN NEW;
       END $$`);
+    // Operators who must remove a live record by hand can do so in a transaction with
+    // SET LOCAL session_replication_role = replica, which skips this trigger.
     await queryRunner.query(`
       CREATE TRIGGER idempotency_keys_guard_transition
-      BEFORE UPDATE ON idempotency_keys
+      BEFORE INSERT OR UPDATE OR DELETE ON idempotency_keys
       FOR EACH ROW EXECUTE FUNCTION idempotency_keys_guard_transition()`);
   }
 

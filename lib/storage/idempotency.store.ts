@@ -3,7 +3,7 @@ import type { IdempotencyRecord, ObservedRecord, RecordIdentity, StoredResponse 
 export interface ClaimRequest {
   readonly identity: RecordIdentity;
   readonly fingerprint: string;
-  /** Fresh random token of the claiming request: its fencing token if it wins. */
+  /** Fresh random UUID of the claiming request: its fencing token if it wins. */
   readonly ownerToken: string;
   /** How long the claim holds without renewal before another request may take over. */
   readonly leaseMs: number;
@@ -18,10 +18,17 @@ export type ClaimResult =
   | { readonly claimed: false; readonly observed: ObservedRecord };
 
 export interface PurgeOptions {
-  /** Rows deleted per statement: bounds lock time and WAL per batch. */
+  /** Rows deleted per statement: bounds lock time and WAL per batch. Default 1000. */
   readonly batchSize?: number;
-  /** Stop after this many batches (for a purge job with a time budget). */
+  /** Stop after this many batches (for a purge job with a time budget). Default: until none is left. */
   readonly maxBatches?: number;
+}
+
+/** Purge options with their defaults, checked: a batch of 0 rows would never finish. */
+export function purgeLimits({ batchSize = 1000, maxBatches = Infinity }: PurgeOptions): Required<PurgeOptions> {
+  if (!Number.isInteger(batchSize) || batchSize < 1) throw new RangeError('purgeExpired: batchSize must be a positive integer');
+  if (!(maxBatches >= 1)) throw new RangeError('purgeExpired: maxBatches must be at least 1');
+  return { batchSize, maxBatches };
 }
 
 /**
@@ -33,8 +40,9 @@ export interface PurgeOptions {
  * - **Atomic claim.** Of any number of concurrent `claim()` calls for one identity, on
  *   any number of processes, at most one returns `claimed: true` while the record is live.
  *   Take-over of a lapsed lease and re-claim of an expired record are atomic too.
- * - **Fencing.** `complete`, `release` and `renew` change a record only while it is
- *   `in_progress` and owned by the given token; otherwise they change nothing and return false.
+ * - **Fencing.** `complete`, `release` and `renew` change a record only while it is live,
+ *   `in_progress` and owned by the given token (a UUID); otherwise they change nothing and
+ *   return false.
  * - **Expiry.** A record whose `expiresAt` has passed behaves as absent for every operation.
  * - **Time from one clock.** Leases and expiry are compared against the store's clock,
  *   never against the clocks of app instances.

@@ -5,7 +5,7 @@ import {
   type RecordIdentity,
   type StoredResponse,
 } from '../record.js';
-import { type ClaimRequest, type ClaimResult, IdempotencyStore, type PurgeOptions } from './idempotency.store.js';
+import { type ClaimRequest, type ClaimResult, IdempotencyStore, type PurgeOptions, purgeLimits } from './idempotency.store.js';
 
 /**
  * An in-process store for an application's own unit tests: no database, same contract
@@ -90,7 +90,8 @@ export class MemoryIdempotencyStore extends IdempotencyStore {
     return record && !this.observe(record).expired ? record : null;
   }
 
-  async purgeExpired({ maxBatches = Infinity, batchSize = 1000 }: PurgeOptions = {}): Promise<number> {
+  async purgeExpired(options: PurgeOptions = {}): Promise<number> {
+    const { batchSize, maxBatches } = purgeLimits(options);
     let deleted = 0;
     const limit = maxBatches * batchSize;
     for (const [id, record] of this.records) {
@@ -120,7 +121,8 @@ export class MemoryIdempotencyStore extends IdempotencyStore {
 
   private owned(identity: RecordIdentity, ownerToken: string): IdempotencyRecord | undefined {
     const record = this.records.get(keyOf(identity));
-    return record?.status === 'in_progress' && record.ownerToken === ownerToken ? record : undefined;
+    const live = record?.status === 'in_progress' && record.ownerToken === ownerToken && !this.observe(record).expired;
+    return live ? record : undefined;
   }
 
   private sweepNowAndThen(): void {

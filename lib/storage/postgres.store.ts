@@ -6,7 +6,7 @@ import {
   type RecordIdentity,
   type StoredResponse,
 } from '../record.js';
-import { type ClaimRequest, type ClaimResult, IdempotencyStore, type PurgeOptions } from './idempotency.store.js';
+import { type ClaimRequest, type ClaimResult, IdempotencyStore, type PurgeOptions, purgeLimits } from './idempotency.store.js';
 
 /** The subset of node-postgres' Pool and PoolClient this store uses. */
 interface Queryable {
@@ -21,14 +21,18 @@ export const IDEMPOTENCY_TABLE = 'idempotency_keys';
 /*
  * Every SQL statement of the library. All values are parameters; $1..$4 are always the
  * record identity (scope, method, route, key), which is the table's primary key.
- * All time comparisons use the database clock (now()), never an app instance's.
+ * All times come from the database clock, never an app instance's: statement_timestamp(),
+ * not now(), because now() is the transaction's start, which in the slow path is taken
+ * before its row-lock wait: a lease written from it could have lapsed already.
  */
+
+const NOW = 'statement_timestamp()';
 
 const IDENTITY = 'k.scope = $1 AND k.method = $2 AND k.route = $3 AND k.idempotency_key = $4';
 
 /** A record counts as absent once expired, but never while a live lease protects a running request. */
-const EXPIRED = "(k.expires_at <= now() AND NOT (k.status = 'in_progress' AND k.locked_until > now()))";
-const LEASE_LAPSED = "(k.status = 'in_progress' AND k.locked_until <= now())";
+const EXPIRED = `(k.expires_at <= ${NOW} AND NOT (k.status = 'in_progress' AND k.locked_until > ${NOW}))`;
+const LEASE_LAPSED = `(k.status = 'in_progress' AND k.locked_until <= ${NOW})`;
 
 const MS = "* interval '1 millisecond'";
 
@@ -42,8 +46,8 @@ const MS = "* interval '1 millisecond'";
 const SQL_CLAIM = `
 WITH inserted AS (
   INSERT INTO ${IDEMPOTENCY_TABLE} AS k
-    (scope, method, route, idempotency_key, fingerprint, status, owner_token, locked_until, expires_at)
-  VALUES ($1, $2, $3, $4, $5, 'in_progress', $6, now() + $7::float8 ${MS}, now() + $8::float8 ${MS})
+    (scope, method, route, idempotency_key, fingerprint, status, owner_token, locked_until, expires_at, created_at)
+  VALUES ($1, $2, $3, $4, $5, 'in_progress', $6, ${NOW} + $7::float8 ${MS}, ${NOW} + $8::float8 ${MS}, ${NOW})
   ON CONFLICT (scope, method, route, idempotency_key) DO NOTHING
   RETURNING k.*
 )
@@ -64,8 +68,8 @@ FROM ${IDEMPOTENCY_TABLE} k WHERE ${IDENTITY} FOR UPDATE`;
 /** Slow path, a key with no row at all: insert; DO NOTHING if a concurrent claim got there first. */
 const SQL_INSERT = `
 INSERT INTO ${IDEMPOTENCY_TABLE} AS k
-  (scope, method, route, idempotency_key, fingerprint, status, owner_token, locked_until, expires_at)
-VALUES ($1, $2, $3, $4, $5, 'in_progress', $6, now() + $7::float8 ${MS}, now() + $8::float8 ${MS})
+  (scope, method, route, idempotency_key, fingerprint, status, owner_token, locked_until, expires_at, created_at)
+VALUES ($1, $2, $3, $4, $5, 'in_progress', $6, ${NOW} + $7::float8 ${MS}, ${NOW} + $8::float8 ${MS}, ${NOW})
 ON CONFLICT (scope, method, route, idempotency_key) DO NOTHING
 RETURNING k.*`;
 
@@ -76,27 +80,30 @@ RETURNING k.*`;
 const SQL_RECLAIM = `
 UPDATE ${IDEMPOTENCY_TABLE} AS k
 SET fingerprint = $5, status = 'in_progress', owner_token = $6,
-    locked_until = now() + $7::float8 ${MS}, expires_at = now() + $8::float8 ${MS},
-    response = NULL, created_at = now(), completed_at = NULL
+    locked_until = ${NOW} + $7::float8 ${MS}, expires_at = ${NOW} + $8::float8 ${MS},
+    response = NULL, created_at = ${NOW}, completed_at = NULL
 WHERE ${IDENTITY} AND (${EXPIRED} OR ${LEASE_LAPSED})
 RETURNING k.*`;
 
-/** in_progress -> completed, only by the owner (fencing); the TTL counts from completion. */
+/**
+ * in_progress -> completed, only by the owner (fencing) and only while the record is live:
+ * an expired record is absent, even for its former owner. The TTL counts from completion.
+ */
 const SQL_COMPLETE = `
 UPDATE ${IDEMPOTENCY_TABLE} AS k
 SET status = 'completed', response = $6::jsonb, owner_token = NULL, locked_until = NULL,
-    completed_at = now(), expires_at = now() + $7::float8 ${MS}
-WHERE ${IDENTITY} AND k.status = 'in_progress' AND k.owner_token = $5`;
+    completed_at = ${NOW}, expires_at = ${NOW} + $7::float8 ${MS}
+WHERE ${IDENTITY} AND k.status = 'in_progress' AND k.owner_token = $5 AND NOT ${EXPIRED}`;
 
 /** in_progress -> absent, only by the owner: a retry may run again. */
 const SQL_RELEASE = `
 DELETE FROM ${IDEMPOTENCY_TABLE} AS k
-WHERE ${IDENTITY} AND k.status = 'in_progress' AND k.owner_token = $5`;
+WHERE ${IDENTITY} AND k.status = 'in_progress' AND k.owner_token = $5 AND NOT ${EXPIRED}`;
 
 /** Lease renewal (heartbeat) of a running request, only by the owner. */
 const SQL_RENEW = `
-UPDATE ${IDEMPOTENCY_TABLE} AS k SET locked_until = now() + $6::float8 ${MS}
-WHERE ${IDENTITY} AND k.status = 'in_progress' AND k.owner_token = $5`;
+UPDATE ${IDEMPOTENCY_TABLE} AS k SET locked_until = ${NOW} + $6::float8 ${MS}
+WHERE ${IDENTITY} AND k.status = 'in_progress' AND k.owner_token = $5 AND NOT ${EXPIRED}`;
 
 /** Look-up of a live record. */
 const SQL_FIND = `SELECT k.* FROM ${IDEMPOTENCY_TABLE} k WHERE ${IDENTITY} AND NOT ${EXPIRED}`;
@@ -115,6 +122,8 @@ WHERE ctid = ANY(ARRAY(
   FOR UPDATE SKIP LOCKED))`;
 
 const SQL_VERIFY = `SELECT 1 FROM ${IDEMPOTENCY_TABLE} LIMIT 0`;
+
+const SLOW_PATH_LOCK_TIMEOUT = '5s';
 
 /** How often the slow path re-examines a key whose row appeared or vanished under it. */
 const MAX_SLOW_PATH_ATTEMPTS = 5;
@@ -159,7 +168,8 @@ export class PostgresIdempotencyStore extends IdempotencyStore {
     let failed: Error | undefined;
     try {
       for (let attempt = 0; attempt < MAX_SLOW_PATH_ATTEMPTS; attempt++) {
-        await client.query('BEGIN');
+        // A row lock held for long (a stalled transaction) fails the claim instead of hanging it.
+        await client.query(`BEGIN; SET LOCAL lock_timeout = '${SLOW_PATH_LOCK_TIMEOUT}'`);
         const result = await this.examineAndClaim(client, request, params);
         await client.query('COMMIT');
         if (result) return result;
@@ -223,7 +233,8 @@ export class PostgresIdempotencyStore extends IdempotencyStore {
     return rows[0] ? toRecord(rows[0]) : null;
   }
 
-  async purgeExpired({ batchSize = 1000, maxBatches = Infinity }: PurgeOptions = {}): Promise<number> {
+  async purgeExpired(options: PurgeOptions = {}): Promise<number> {
+    const { batchSize, maxBatches } = purgeLimits(options);
     let total = 0;
     for (let batch = 0; batch < maxBatches; batch++) {
       const { rowCount } = await this.pool.query(SQL_PURGE_BATCH, [batchSize]);

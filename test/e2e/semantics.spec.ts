@@ -84,7 +84,7 @@ describe.each(PLATFORMS)('idempotency semantics over HTTP (%s)', (platform) => {
     });
 
     it('replays text (with a NUL), bytes, files and empty responses exactly', async () => {
-      for (const path of ['/text', '/binary', '/file', '/empty']) {
+      for (const path of ['/text', '/binary', '/file', '/empty', '/date']) {
         const key = randomUUID();
         const name = path.slice(1);
         const before = calls.count(name);
@@ -173,6 +173,13 @@ describe.each(PLATFORMS)('idempotency semantics over HTTP (%s)', (platform) => {
       expect((await rows(key))[0].status).toBe('completed');
     });
 
+    it('counts path parameters as part of the request: one key cannot serve two resources', async () => {
+      const key = randomUUID();
+      expect((await post(base, '/refunds/1', { key })).json).toEqual({ refunded: '1' });
+      expectProblem(await post(base, '/refunds/2', { key }), 422, 'key-reused');
+      expect(calls.count('refunds')).toBe(1);
+    });
+
     it('includes the query string and chosen headers when the route asks for it', async () => {
       const key = randomUUID();
       await post(base, '/with-query?account=1', { key, headers: { 'x-tenant': 'a' } });
@@ -212,6 +219,8 @@ describe.each(PLATFORMS)('idempotency semantics over HTTP (%s)', (platform) => {
     it.each([
       ['a 5xx HttpException', { status: 503 }, 503],
       ['an unexpected error', { crash: true }, 500],
+      ['a 409 (transient: "not now")', { status: 409 }, 409],
+      ['a 429 (transient: "not now")', { status: 429 }, 429],
     ])('releases the key after %s so that a retry runs again', async (_, body, status) => {
       const key = randomUUID();
       const before = calls.count('fail');
@@ -232,6 +241,28 @@ describe.each(PLATFORMS)('idempotency semantics over HTTP (%s)', (platform) => {
       const fixed = await post(base, '/validated', { key, body: { valid: true } });
       expect(fixed.status).toBe(201);
       expect(calls.count('validated')).toBe(1);
+    });
+  });
+
+  describe('client disconnects', () => {
+    it('stores the result of a request whose client went away, so that the retry finds it', async () => {
+      const key = randomUUID();
+      const before = calls.count('orders');
+      const aborted = new AbortController();
+      const gone = fetch(base + '/orders', {
+        method: 'POST',
+        headers: { 'idempotency-key': key, 'x-user-id': 'hana', 'content-type': 'application/json' },
+        body: JSON.stringify({ delayMs: 300 }),
+        signal: aborted.signal,
+      }).catch(() => 'aborted');
+      await sleep(100);
+      aborted.abort();
+      expect(await gone).toBe('aborted');
+      await sleep(400);
+      expect((await rows(key))[0]).toMatchObject({ status: 'completed' });
+      const retry = await post(base, '/orders', { key, user: 'hana', body: { delayMs: 300 } });
+      expect(retry.headers.get('idempotent-replayed')).toBe('true');
+      expect(calls.count('orders')).toBe(before + 1);
     });
   });
 
@@ -296,7 +327,7 @@ describe.each(PLATFORMS)('idempotency semantics over HTTP (%s)', (platform) => {
       await db.pool.query(
         `INSERT INTO idempotency_keys (scope, method, route, idempotency_key, fingerprint, status, owner_token, locked_until, expires_at)
          VALUES ('erin', 'POST', '/orders', $1, $2, 'in_progress', $3, now() + $4::interval, now() + interval '1 day')`,
-        [key, fingerprintOf({ body }), owner, lapsed ? '-1 second' : '1 minute'],
+        [key, fingerprintOf({ body, query: {} }), owner, lapsed ? '-1 second' : '1 minute'],
       );
       return owner;
     };
@@ -352,8 +383,8 @@ describe.each(PLATFORMS)('idempotency semantics over HTTP (%s)', (platform) => {
 
     it('purges expired records in batches and keeps live ones', async () => {
       await db.pool.query(
-        `INSERT INTO idempotency_keys (scope, method, route, idempotency_key, fingerprint, status, response, completed_at, expires_at)
-         SELECT 'purge', 'POST', '/orders', 'expired-' || i, 'f', 'completed', '{"status":201,"headers":{},"kind":"empty"}', now(), now() - interval '1 second'
+        `INSERT INTO idempotency_keys (scope, method, route, idempotency_key, fingerprint, status, owner_token, locked_until, expires_at)
+         SELECT 'purge', 'POST', '/orders', 'expired-' || i, 'f', 'in_progress', gen_random_uuid(), now() - interval '1 minute', now() - interval '1 second'
          FROM generate_series(1, 25) AS i`,
       );
       const live = randomUUID();

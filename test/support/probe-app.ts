@@ -7,6 +7,7 @@ import {
   HttpException,
   Injectable,
   Module,
+  Param,
   type PipeTransform,
   Post,
   Res,
@@ -164,6 +165,20 @@ class ProbeController {
   withQuery() {
     this.calls.hit('with-query');
     return { ran: this.calls.count('with-query') };
+  }
+
+  @Post('refunds/:id')
+  @Idempotent()
+  refund(@Param('id') id: string) {
+    this.calls.hit('refunds');
+    return { refunded: id };
+  }
+
+  @Post('date')
+  @Idempotent()
+  date() {
+    this.calls.hit('date');
+    return new Date(Date.UTC(2026, 0, 1, 0, 0, this.calls.count('date')));
   }
 
   @Post('plain')

@@ -18,7 +18,7 @@ describe('resolveRouteOptions', () => {
       waitTimeoutMs: 10_000,
       leaseMs: 30_000,
       ttlMs: 86_400_000,
-      fingerprint: { query: false, headers: [] },
+      fingerprint: { query: true, headers: [] },
       replayHeaders: [...DEFAULT_REPLAY_HEADERS],
       maxResponseBytes: 1_048_576,
       headerName: 'Idempotency-Key',
@@ -62,9 +62,9 @@ describe('resolveRouteOptions', () => {
   });
 
   it('fills a partial fingerprint option from the defaults', () => {
-    expect(resolveRouteOptions({ fingerprint: { query: true } }).fingerprint).toEqual({ query: true, headers: [] });
+    expect(resolveRouteOptions({ fingerprint: { query: false } }).fingerprint).toEqual({ query: false, headers: [] });
     expect(resolveRouteOptions({ fingerprint: { headers: ['X-A'] } }).fingerprint).toEqual({
-      query: false,
+      query: true,
       headers: ['x-a'],
     });
   });
@@ -72,15 +72,15 @@ describe('resolveRouteOptions', () => {
   // An explicit `undefined` inside the nested option once overrode the default (and made `.map` throw).
   it('never lets undefined override inside the fingerprint option', () => {
     expect(resolveRouteOptions({ fingerprint: { query: undefined, headers: undefined } }).fingerprint).toEqual({
-      query: false,
+      query: true,
       headers: [],
     });
   });
 
   it('merges the fingerprint option field by field across module, controller and method', () => {
-    const module = { fingerprint: { query: true } };
+    const module = { fingerprint: { query: false } };
     const method = { fingerprint: { headers: ['X-A'] } };
-    expect(resolveRouteOptions(module, undefined, method).fingerprint).toEqual({ query: true, headers: ['x-a'] });
+    expect(resolveRouteOptions(module, undefined, method).fingerprint).toEqual({ query: false, headers: ['x-a'] });
   });
 
   it('removes set-cookie from replayHeaders, however it is spelled', () => {
@@ -98,23 +98,31 @@ describe('resolveRouteOptions', () => {
     expect(resolveRouteOptions().fingerprint.headers).toEqual([]);
   });
 
-  it('stores 4xx errors and not 5xx by default', () => {
+  it('stores 4xx errors except the transient ones, and not 5xx, by default', () => {
     const { storeErrors } = resolveRouteOptions();
     const decide = (status: number) => storeErrors(status, new HttpException('x', status));
-    expect([400, 404, 409, 422, 499].map(decide)).toEqual([true, true, true, true, true]);
+    expect([400, 402, 404, 410, 422, 499].map(decide)).toEqual([true, true, true, true, true, true]);
+    expect([408, 409, 425, 429].map(decide)).toEqual([false, false, false, false]);
     expect([500, 502, 503, 302, 399].map(decide)).toEqual([false, false, false, false, false]);
     expect(storeErrors(400, new BadRequestException())).toBe(true);
   });
 
-  it('resolves the default scope from request.user.id, then request.user.sub, else ""', () => {
+  it('resolves the default scope from request.user.id, .sub, .userId, and "" without a user', () => {
     const { scope } = resolveRouteOptions();
     expect(scope({ user: { id: 42, sub: 'ignored' } }, context)).toBe('42');
     expect(scope({ user: { id: 0 } }, context)).toBe('0');
     expect(scope({ user: { id: null, sub: 'auth0|7' } }, context)).toBe('auth0|7');
     expect(scope({ user: { sub: 'auth0|7' } }, context)).toBe('auth0|7');
-    expect(scope({ user: {} }, context)).toBe('');
+    expect(scope({ user: { userId: 'u-9', username: 'x' } }, context)).toBe('u-9');
     expect(scope({}, context)).toBe('');
     expect(scope(undefined, context)).toBe('');
+  });
+
+  it('refuses a user it cannot tell apart rather than sharing one scope between users', () => {
+    const { scope } = resolveRouteOptions();
+    for (const user of [{}, { username: 'alice' }, { id: '' }]) {
+      expect(() => scope({ user }, context)).toThrow(/set the "scope" option/);
+    }
   });
 
   it('uses a given scope resolver and error policy instead of the defaults', () => {

@@ -1,0 +1,237 @@
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from '@jest/globals';
+import { randomUUID } from 'node:crypto';
+import type pg from 'pg';
+import { DataSource } from 'typeorm';
+import { PostgresIdempotencyStore, type RecordIdentity } from '../../lib/index.js';
+import { createTestDatabase, type TestDatabase } from '../support/database.js';
+import { describeStoreContract } from './store.contract.js';
+import { HOUR, identity, request, RESPONSE, won } from './store.fixtures.js';
+
+/**
+ * Makes `ms` pass for a store that compares against the database clock: every timestamp
+ * moves back by the same amount. That is no state transition, but the guard trigger
+ * refuses every UPDATE of a live completed record, so it is bypassed for this one
+ * transaction (session_replication_role = replica; the CHECK constraints still apply).
+ */
+async function advanceDatabaseClock(pool: pg.Pool, ms: number): Promise<void> {
+  const client = await pool.connect();
+  try {
+    await client.query('BEGIN');
+    await client.query('SET LOCAL session_replication_role = replica');
+    await client.query(
+      `UPDATE idempotency_keys
+       SET created_at = created_at - $1::float8 * interval '1 millisecond',
+           locked_until = locked_until - $1::float8 * interval '1 millisecond',
+           completed_at = completed_at - $1::float8 * interval '1 millisecond',
+           expires_at = expires_at - $1::float8 * interval '1 millisecond'`,
+      [ms],
+    );
+    await client.query('COMMIT');
+  } catch (error) {
+    await client.query('ROLLBACK');
+    throw error;
+  } finally {
+    client.release();
+  }
+}
+
+async function connect(url: string): Promise<DataSource> {
+  const dataSource = new DataSource({ type: 'postgres', url });
+  await dataSource.initialize();
+  return dataSource;
+}
+
+let db: TestDatabase;
+let dataSource: DataSource;
+let store: PostgresIdempotencyStore;
+
+beforeAll(async () => {
+  db = await createTestDatabase();
+  dataSource = await connect(db.url);
+  store = new PostgresIdempotencyStore(dataSource);
+});
+
+afterAll(async () => {
+  await dataSource?.destroy();
+  await db?.drop();
+});
+
+describeStoreContract('PostgreSQL', async () => {
+  await db.pool.query('TRUNCATE idempotency_keys');
+  return { store, advance: (ms) => advanceDatabaseClock(db.pool, ms), teardown: async () => {} };
+});
+
+describe('the database enforces the state machine, whatever SQL runs', () => {
+  const CHECK_VIOLATION = '23514';
+  const WHERE = 'WHERE scope = $1 AND method = $2 AND route = $3 AND idempotency_key = $4';
+
+  const bind = (id: RecordIdentity) => [id.scope, id.method, id.route, id.key];
+
+  async function row(id: RecordIdentity): Promise<unknown> {
+    const { rows } = await db.pool.query(`SELECT * FROM idempotency_keys ${WHERE}`, bind(id));
+    return rows[0] ?? null;
+  }
+
+  /** The statement (its $1..$4 bound to the identity) fails for `reason` and the row stays as it was. */
+  async function expectRefused(id: RecordIdentity, sql: string, reason: RegExp): Promise<void> {
+    const before = await row(id);
+    const attempt = db.pool.query(sql, bind(id));
+    await expect(attempt).rejects.toMatchObject({ code: CHECK_VIOLATION, message: expect.stringMatching(reason) });
+    expect(await row(id)).toEqual(before);
+  }
+
+  async function inProgress(): Promise<RecordIdentity> {
+    const claim = request(identity());
+    won(await store.claim(claim));
+    return claim.identity;
+  }
+
+  async function completed(): Promise<RecordIdentity> {
+    const claim = request(identity());
+    won(await store.claim(claim));
+    expect(await store.complete(claim.identity, claim.ownerToken, RESPONSE, HOUR)).toBe(true);
+    return claim.identity;
+  }
+
+  async function lapsed(): Promise<RecordIdentity> {
+    const id = await inProgress();
+    // Allowed: the owner's own row, only its lease moves.
+    await db.pool.query(`UPDATE idempotency_keys SET locked_until = now() - interval '1 second' ${WHERE}`, bind(id));
+    return id;
+  }
+
+  async function expired(): Promise<RecordIdentity> {
+    const id = await inProgress();
+    await db.pool.query(
+      `UPDATE idempotency_keys SET locked_until = now() - interval '2 seconds', expires_at = now() - interval '1 second' ${WHERE}`,
+      bind(id),
+    );
+    return id;
+  }
+
+  beforeEach(async () => {
+    await db.pool.query('TRUNCATE idempotency_keys');
+  });
+
+  it('a completed record does not go back to in_progress before it expires', async () => {
+    await expectRefused(
+      await completed(),
+      `UPDATE idempotency_keys SET status = 'in_progress', owner_token = '${randomUUID()}',
+         locked_until = now() + interval '1 minute', response = NULL, completed_at = NULL ${WHERE}`,
+      /completed record is immutable/,
+    );
+  });
+
+  it("a completed record's response does not change", async () => {
+    await expectRefused(
+      await completed(),
+      `UPDATE idempotency_keys SET response = '{"status":500,"headers":{},"kind":"empty"}' ${WHERE}`,
+      /completed record is immutable/,
+    );
+  });
+
+  it("a completed record's expiry does not move", async () => {
+    await expectRefused(
+      await completed(),
+      `UPDATE idempotency_keys SET expires_at = expires_at + interval '1 day' ${WHERE}`,
+      /completed record is immutable/,
+    );
+  });
+
+  it('a live lease is not taken over with another owner token', async () => {
+    await expectRefused(
+      await inProgress(),
+      `UPDATE idempotency_keys SET owner_token = '${randomUUID()}', locked_until = now() + interval '1 minute' ${WHERE}`,
+      /lease has lapsed/,
+    );
+  });
+
+  it('a lapsed lease is not taken over with another fingerprint', async () => {
+    await expectRefused(
+      await lapsed(),
+      `UPDATE idempotency_keys SET owner_token = '${randomUUID()}', fingerprint = 'fp-other',
+         locked_until = now() + interval '1 minute' ${WHERE}`,
+      /fingerprint of a live record/,
+    );
+  });
+
+  it('the fingerprint of a claimed record does not change', async () => {
+    await expectRefused(await inProgress(), `UPDATE idempotency_keys SET fingerprint = 'fp-other' ${WHERE}`, /fingerprint/);
+  });
+
+  describe.each(['scope', 'method', 'route', 'idempotency_key'])('the identity column %s does not change', (column) => {
+    it.each([
+      ['in progress', inProgress],
+      ['completed', completed],
+      ['expired', expired],
+    ])('on a record %s', async (_, make) => {
+      await expectRefused(await make(), `UPDATE idempotency_keys SET ${column} = ${column} || '-x' ${WHERE}`, /identity/);
+    });
+  });
+
+  it('a live completed record cannot be deleted; an expired one and an in-flight one can', async () => {
+    await expectRefused(await completed(), `DELETE FROM idempotency_keys ${WHERE}`, /kept until it expires/);
+    for (const make of [expired, inProgress]) {
+      const id = await make();
+      await db.pool.query(`DELETE FROM idempotency_keys ${WHERE}`, bind(id));
+      expect(await row(id)).toBeNull();
+    }
+  });
+
+  it('a status outside the set is refused, on update and on insert', async () => {
+    await expectRefused(await inProgress(), `UPDATE idempotency_keys SET status = 'failed' ${WHERE}`, /status_check/);
+    const id = identity();
+    await expectRefused(
+      id,
+      `INSERT INTO idempotency_keys (scope, method, route, idempotency_key, fingerprint, status, expires_at)
+       VALUES ($1, $2, $3, $4, 'fp', 'pending', now() + interval '1 hour')`,
+      /created in_progress/,
+    );
+    expect(await row(id)).toBeNull();
+  });
+
+  it('a completed row without a response is refused, on update and on insert', async () => {
+    await expectRefused(
+      await inProgress(),
+      `UPDATE idempotency_keys SET status = 'completed', owner_token = NULL, locked_until = NULL,
+         completed_at = now() ${WHERE}`,
+      /completed_check/,
+    );
+    const id = identity();
+    await expectRefused(
+      id,
+      `INSERT INTO idempotency_keys (scope, method, route, idempotency_key, fingerprint, status, completed_at, expires_at)
+       VALUES ($1, $2, $3, $4, 'fp', 'completed', now(), now() + interval '1 hour')`,
+      /created in_progress/,
+    );
+    expect(await row(id)).toBeNull();
+  });
+
+  it('the rows above are in the states they claim: the store may take over the lapsed one and re-claim the expired one', async () => {
+    const taken = await lapsed();
+    const successor = request(taken);
+    expect(won(await store.claim(successor)).ownerToken).toBe(successor.ownerToken);
+    const reclaimed = await expired();
+    expect(won(await store.claim(request(reclaimed, { fingerprint: 'fp-other' }))).fingerprint).toBe('fp-other');
+  });
+});
+
+describe('verify()', () => {
+  it('resolves when the table exists', async () => {
+    await expect(store.verify()).resolves.toBeUndefined();
+  });
+
+  it('throws a message that names the table and the migrations to run when the table is missing', async () => {
+    const bare = await createTestDatabase();
+    const bareSource = await connect(bare.url);
+    try {
+      await bare.pool.query('DROP TABLE idempotency_keys');
+      const verifying = new PostgresIdempotencyStore(bareSource).verify();
+      await expect(verifying).rejects.toThrow(/"idempotency_keys" does not exist/);
+      await expect(verifying).rejects.toThrow(/idempotencyMigrations/);
+    } finally {
+      await bareSource.destroy();
+      await bare.drop();
+    }
+  });
+});
