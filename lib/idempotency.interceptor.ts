@@ -9,7 +9,8 @@ import { HttpAdapterHost } from '@nestjs/core';
 import { from, lastValueFrom, mergeAll, type Observable, of } from 'rxjs';
 import { IdempotencyError } from './errors.js';
 import { type IdempotentRoute, IdempotentRoutes } from './idempotent-routes.js';
-import { type Execution, IdempotencyService, type IncomingRequest, type Outcome } from './idempotency.service.js';
+import { runInTransaction } from './idempotent-transaction.js';
+import { type Execution, IdempotencyService, type IncomingRequest } from './idempotency.service.js';
 import type { StoredResponse } from './record.js';
 import { captureError, captureResult, replayValue } from './stored-response.js';
 
@@ -53,31 +54,33 @@ export class IdempotencyInterceptor implements NestInterceptor {
     context: ExecutionContext,
     next: CallHandler,
   ): Promise<Observable<unknown>> {
-    let outcome: Outcome;
     try {
-      outcome = await this.service.begin(route, request, context);
+      const outcome = await this.service.begin(route, request, context);
+      switch (outcome.kind) {
+        case 'bypass':
+          return next.handle();
+        case 'replay':
+          return of(this.replay(outcome.response, response));
+        case 'execute':
+          return of(await this.execute(outcome.execution, next, request, response));
+      }
     } catch (error) {
       if (error instanceof IdempotencyError) this.setHeaders(response, error.headers);
       throw error;
     }
-    switch (outcome.kind) {
-      case 'bypass':
-        return next.handle();
-      case 'replay':
-        return of(this.replay(outcome.response, response));
-      case 'execute':
-        return of(await this.execute(outcome.execution, next, request, response));
-    }
   }
 
   private async execute(execution: Execution, next: CallHandler, request: object, response: unknown): Promise<unknown> {
+    const { transaction, options } = execution;
     let result: unknown;
     try {
-      result = await lastValueFrom(next.handle());
+      const handled = () => lastValueFrom(next.handle());
+      result = await (transaction ? runInTransaction(transaction, handled) : handled());
     } catch (error) {
       const handlerRan = !(request as Record<symbol, unknown>)[REJECTED_BY_PIPES];
-      if (handlerRan && error instanceof HttpException && execution.options.storeErrors(error.getStatus(), error)) {
-        await this.service.complete(execution, captureError(error, this.replayHeaders(execution, response)));
+      if (handlerRan && error instanceof HttpException && options.storeErrors(error.getStatus(), error)) {
+        // Transactional mode: the error is the answer, so the handler's writes are undone.
+        await this.service.completeDiscardingWrites(execution, captureError(error, this.replayHeaders(execution, response)));
       } else {
         await this.service.release(execution);
       }
@@ -88,7 +91,7 @@ export class IdempotencyInterceptor implements NestInterceptor {
       captured = await captureResult(
         result,
         { status: this.statusOf(response), headers: this.replayHeaders(execution, response) },
-        execution.options.maxResponseBytes,
+        options.maxResponseBytes,
       );
     } catch (error) {
       // Not serialisable (a cycle, a BigInt): the platform could not send it either.

@@ -1,6 +1,7 @@
 import { type DynamicModule, Module } from '@nestjs/common';
 import { APP_FILTER, APP_INTERCEPTOR, DiscoveryModule } from '@nestjs/core';
 import { IdempotentRoutes } from './idempotent-routes.js';
+import { IdempotentTransaction } from './idempotent-transaction.js';
 import { IdempotencyExceptionFilter } from './idempotency.filter.js';
 import { IdempotencyInterceptor } from './idempotency.interceptor.js';
 import { ConfigurableIdempotencyModule, OPTIONS_TYPE } from './idempotency.module-definition.js';
@@ -18,8 +19,9 @@ import { IdempotencyService } from './idempotency.service.js';
     IdempotencyService,
     { provide: APP_INTERCEPTOR, useClass: IdempotencyInterceptor },
     { provide: APP_FILTER, useClass: IdempotencyExceptionFilter },
+    IdempotentTransaction,
   ],
-  exports: [IdempotencyService],
+  exports: [IdempotencyService, IdempotentTransaction],
 })
 export class IdempotencyModule extends ConfigurableIdempotencyModule {
   /** Every option has a default, so `forRoot()` alone is a complete configuration. */

@@ -22,6 +22,14 @@ export interface IdempotentRouteOptions {
    */
   required?: boolean;
   /**
+   * Transactional mode: the record is claimed in a database transaction that stays open
+   * while the handler runs; the handler writes through that transaction's EntityManager
+   * (`@IdempotentManager()` or `IdempotentTransaction`), and its writes commit together
+   * with the stored response, or not at all. Needs the PostgreSQL store.
+   * @default false (lease mode)
+   */
+  transactional?: boolean;
+  /**
    * What a duplicate receives while the first request is in flight.
    * @default 'reject'
    */
@@ -182,6 +190,7 @@ export type ResolvedRouteOptions = Required<Omit<IdempotentRouteOptions, 'finger
 
 const DEFAULTS: ResolvedRouteOptions = {
   required: true,
+  transactional: false,
   concurrency: 'reject',
   waitTimeoutMs: 10_000,
   leaseMs: 30_000,

@@ -14,11 +14,23 @@ import {
   RequestInProgressError,
 } from './errors.js';
 import type { IdempotentRoute } from './idempotent-routes.js';
+import { KeyQueue } from './key-queue.js';
 import { MODULE_OPTIONS_TOKEN } from './idempotency.module-definition.js';
 import type { IdempotencyModuleOptions, ResolvedRouteOptions } from './idempotency.options.js';
-import { decideClaim, type IdempotencyRecord, type RecordIdentity, type StoredResponse } from './record.js';
+import {
+  decideClaim,
+  type IdempotencyRecord,
+  type ObservedRecord,
+  type RecordIdentity,
+  type StoredResponse,
+} from './record.js';
 import { fingerprintOf, parseIdempotencyKey, requireKey } from './request-identity.js';
-import { IdempotencyStore, type PurgeOptions } from './storage/idempotency.store.js';
+import {
+  type ClaimRequest,
+  IdempotencyStore,
+  type PurgeOptions,
+  type StoreTransaction,
+} from './storage/idempotency.store.js';
 
 /** The parts of an HTTP request the flow reads; Express and Fastify requests both have them. */
 export interface IncomingRequest {
@@ -39,6 +51,10 @@ export class Execution {
     readonly identity: RecordIdentity,
     readonly ownerToken: string,
     readonly options: ResolvedRouteOptions,
+    /** Lets the next queued duplicate in (see KeyQueue). */
+    private readonly leave: () => void,
+    /** Transactional mode: the transaction the claim, the handler and the completion share. */
+    readonly transaction?: StoreTransaction,
   ) {}
 
   /**
@@ -53,8 +69,10 @@ export class Execution {
 
   /** @internal */
   finish(): void {
+    if (this.finished) return;
     this.finished = true;
     clearInterval(this.heartbeat);
+    this.leave();
   }
 }
 
@@ -67,7 +85,20 @@ export type Outcome =
   /** This request owns the key: run the handler, then complete or release. */
   | { kind: 'execute'; execution: Execution };
 
+/** One request's claim attempt, before it is run or answered. */
+interface Attempt {
+  identity: RecordIdentity;
+  fingerprint: string;
+  options: ResolvedRouteOptions;
+  /** When a duplicate stops waiting (`'wait'`), or now (`'reject'`). */
+  waitUntil: number;
+  leave: () => void;
+}
+
 const COMPLETE_RETRY_DELAYS_MS = [50, 250, 1000];
+
+/** PostgreSQL's lock_not_available: a lock_timeout ran out. */
+const LOCK_TIMEOUT = '55P03';
 
 /**
  * The idempotency flow: claim, wait, replay, complete, release; plus purge and look-up.
@@ -76,6 +107,7 @@ const COMPLETE_RETRY_DELAYS_MS = [50, 250, 1000];
 @Injectable()
 export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
   private readonly logger = new Logger('Idempotency');
+  private readonly queue = new KeyQueue();
   private purgeTimer?: NodeJS.Timeout;
 
   constructor(
@@ -119,34 +151,93 @@ export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
         ? Object.fromEntries(options.fingerprint.headers.map((name) => [name, request.headers[name]]))
         : undefined,
     });
-    const waitUntil = options.concurrency === 'wait' ? Date.now() + options.waitTimeoutMs : 0;
+    const waiting = options.concurrency === 'wait';
+    const waitUntil = Date.now() + (waiting ? options.waitTimeoutMs : 0);
+    const leave = waiting
+      ? await this.queue.enter(JSON.stringify(identity), waitUntil, options.retryAfterSeconds)
+      : () => {};
+    const attempt: Attempt = { identity, fingerprint, options, waitUntil, leave };
+    try {
+      const outcome = options.transactional ? await this.beginInTransaction(attempt) : await this.beginWithLease(attempt);
+      if (outcome.kind !== 'execute') leave();
+      return outcome;
+    } catch (error) {
+      leave();
+      throw error;
+    }
+  }
 
-    for (let attempt = 0; ; attempt++) {
-      const ownerToken = randomUUID();
-      const claim = await this.storeCall(() =>
-        this.store.claim({ identity, fingerprint, ownerToken, leaseMs: options.leaseMs, ttlMs: options.ttlMs }),
-      );
+  /** Lease mode: the claim commits at once; duplicates poll, as the owner holds no lock. */
+  private async beginWithLease(attempt: Attempt): Promise<Outcome> {
+    for (let round = 0; ; round++) {
+      const request = this.claimRequest(attempt);
+      const claim = await this.storeCall(() => this.store.claim(request));
       if (claim.claimed) {
-        const execution = new Execution(identity, ownerToken, options);
+        const execution = new Execution(attempt.identity, request.ownerToken, attempt.options, attempt.leave);
         execution.startHeartbeat(() => this.renew(execution));
         return { kind: 'execute', execution };
       }
-      const decision = decideClaim(claim.observed, fingerprint);
-      if (decision === 'mismatch') throw new IdempotencyKeyReuseError();
-      if (decision === 'replay') return { kind: 'replay', response: claim.observed.record.response! };
-      // In progress elsewhere. Polling: in lease mode the owner holds no database lock to wait on.
-      const remaining = waitUntil - Date.now();
-      if (remaining <= 0) throw new RequestInProgressError(options.retryAfterSeconds);
-      await sleep(Math.min(remaining, backoff(attempt)));
+      const answer = await this.answerOrWait(claim.observed, attempt, round);
+      if (answer) return answer;
     }
   }
 
   /**
-   * Stores the response of a finished execution. A store failure is retried briefly and
-   * then logged, not thrown: the handler's effect has happened, so its response is still
-   * the truth for this client. The record then stays in progress until its lease lapses.
+   * Transactional mode: the claim stays uncommitted until the handler's writes and the
+   * response commit with it. A duplicate's claim waits on that uncommitted row, inside
+   * PostgreSQL, until the owner commits (then it replays) or rolls back (then it owns the
+   * key), for at most the time it may wait.
+   */
+  private async beginInTransaction(attempt: Attempt): Promise<Outcome> {
+    for (let round = 0; ; round++) {
+      const request = this.claimRequest(attempt);
+      const transaction = await this.storeCall(() => this.store.openTransaction());
+      let observed: ObservedRecord;
+      try {
+        const claim = await transaction.claim(request, Math.max(1, attempt.waitUntil - Date.now()));
+        if (claim.claimed) {
+          await transaction.beginHandler();
+          const { identity, options, leave } = attempt;
+          return { kind: 'execute', execution: new Execution(identity, request.ownerToken, options, leave, transaction) };
+        }
+        observed = claim.observed;
+      } catch (error) {
+        await transaction.rollback();
+        if ((error as { code?: string }).code === LOCK_TIMEOUT) {
+          throw new RequestInProgressError(attempt.options.retryAfterSeconds);
+        }
+        throw this.unavailable(error);
+      }
+      await transaction.rollback();
+      // Only a lease-mode record (the route's mode changed) can be seen in progress here.
+      const answer = await this.answerOrWait(observed, attempt, round);
+      if (answer) return answer;
+    }
+  }
+
+  /** Answers from a record someone else holds, or sleeps and returns nothing for another round. */
+  private async answerOrWait(observed: ObservedRecord, attempt: Attempt, round: number): Promise<Outcome | undefined> {
+    const decision = decideClaim(observed, attempt.fingerprint);
+    if (decision === 'mismatch') throw new IdempotencyKeyReuseError();
+    if (decision === 'replay') return { kind: 'replay', response: observed.record.response! };
+    const remaining = attempt.waitUntil - Date.now();
+    if (remaining <= 0) throw new RequestInProgressError(attempt.options.retryAfterSeconds);
+    await sleep(Math.min(remaining, backoff(round)));
+    return undefined;
+  }
+
+  /**
+   * Stores the response of a finished execution.
+   *
+   * Lease mode: a store failure is retried briefly and then logged, not thrown: the
+   * handler's effect has happened, so its response is still the truth for this client.
+   * The record then stays in progress until its lease lapses.
+   *
+   * Transactional mode: the response commits with the handler's writes. If that fails,
+   * neither happened, and the client gets 503 (so it retries; nothing is left claimed).
    */
   async complete(execution: Execution, response: StoredResponse): Promise<void> {
+    if (execution.transaction) return this.commit(execution, execution.transaction, response);
     const { identity, ownerToken, options } = execution;
     // The heartbeat goes on while completion is retried: the lease must not lapse meanwhile.
     for (let attempt = 0; ; attempt++) {
@@ -174,10 +265,27 @@ export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
     }
   }
 
+  /**
+   * Transactional mode, a stored (4xx) error: the handler's writes are discarded, the
+   * error response is stored, and both commit.
+   */
+  async completeDiscardingWrites(execution: Execution, response: StoredResponse): Promise<void> {
+    const { transaction } = execution;
+    if (!transaction) return this.complete(execution, response);
+    try {
+      await transaction.discardHandlerWrites();
+    } catch (error) {
+      await this.release(execution);
+      throw this.unavailable(error);
+    }
+    return this.commit(execution, transaction, response);
+  }
+
   /** Frees the key of a failed execution so that a retry runs the handler again. */
   async release(execution: Execution): Promise<void> {
     try {
-      await this.store.release(execution.identity, execution.ownerToken);
+      if (execution.transaction) await execution.transaction.rollback();
+      else await this.store.release(execution.identity, execution.ownerToken);
     } catch (error) {
       this.logger.error(
         `${execution.identity.method} ${execution.identity.route}: could not release the key; ` +
@@ -198,6 +306,25 @@ export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
     return this.store.purgeExpired(options);
   }
 
+  private async commit(execution: Execution, transaction: StoreTransaction, response: StoredResponse): Promise<void> {
+    const { identity, ownerToken, options } = execution;
+    try {
+      if (!(await transaction.complete(identity, ownerToken, response, options.ttlMs))) {
+        throw new Error('the claimed record was not found in its own transaction');
+      }
+      await transaction.commit();
+    } catch (error) {
+      await transaction.rollback();
+      throw this.unavailable(error);
+    } finally {
+      execution.finish();
+    }
+  }
+
+  private claimRequest({ identity, fingerprint, options }: Attempt): ClaimRequest {
+    return { identity, fingerprint, ownerToken: randomUUID(), leaseMs: options.leaseMs, ttlMs: options.ttlMs };
+  }
+
   private async renew(execution: Execution): Promise<void> {
     const { identity, ownerToken, options } = execution;
     try {
@@ -216,9 +343,13 @@ export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
     try {
       return await call();
     } catch (error) {
-      this.logger.error(`idempotency store unavailable: ${describe(error)}`);
-      throw new IdempotencyStoreUnavailableError(this.moduleOptions.retryAfterSeconds ?? 1);
+      throw this.unavailable(error);
     }
+  }
+
+  private unavailable(error: unknown): IdempotencyStoreUnavailableError {
+    this.logger.error(`idempotency store unavailable: ${describe(error)}`);
+    return new IdempotencyStoreUnavailableError(this.moduleOptions.retryAfterSeconds ?? 1);
   }
 
   private async purgeInBackground(): Promise<void> {

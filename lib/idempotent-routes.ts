@@ -17,6 +17,7 @@ import {
   validateOptions,
 } from './idempotency.options.js';
 import { routePattern } from './request-identity.js';
+import { IdempotencyStore } from './storage/idempotency.store.js';
 
 /** Everything the interceptor needs about one idempotent handler, computed once. */
 export interface IdempotentRoute {
@@ -39,6 +40,7 @@ export class IdempotentRoutes implements OnModuleInit {
     private readonly reflector: Reflector,
     private readonly discovery: DiscoveryService,
     private readonly scanner: MetadataScanner,
+    private readonly store: IdempotencyStore,
     @Inject(MODULE_OPTIONS_TOKEN) private readonly moduleOptions: IdempotencyModuleOptions,
   ) {}
 
@@ -73,6 +75,12 @@ export class IdempotentRoutes implements OnModuleInit {
     const options = resolveRouteOptions(this.moduleOptions, onClass, onMethod);
     validateOptions(options, where);
     this.assertReplayable(controller, handler, where);
+    if (options.transactional && !this.store.supportsTransactions) {
+      throw new Error(
+        `@Idempotent() on ${where} is transactional, but ${this.store.constructor.name} has no transactions: ` +
+          'transactional routes need the PostgreSQL store.',
+      );
+    }
     return {
       options,
       pattern: routePattern(Reflect.getMetadata(PATH_METADATA, controller), Reflect.getMetadata(PATH_METADATA, handler)),

@@ -1,6 +1,7 @@
 // The whole public surface of the library. Anything not exported here is internal.
 export { IdempotencyModule } from './idempotency.module.js';
 export { Idempotent, IDEMPOTENT_METADATA } from './idempotent.decorator.js';
+export { IdempotentManager, IdempotentTransaction } from './idempotent-transaction.js';
 export { IdempotencyService, type Outcome } from './idempotency.service.js';
 export { IdempotencyInterceptor, REPLAYED_HEADER } from './idempotency.interceptor.js';
 export { IdempotencyExceptionFilter } from './idempotency.filter.js';
@@ -26,7 +27,13 @@ export {
 } from './errors.js';
 export type { IdempotencyRecord, RecordIdentity, RecordStatus, StoredResponse } from './record.js';
 export { canonicalJson, fingerprintOf, parseIdempotencyKey } from './request-identity.js';
-export { IdempotencyStore, type ClaimRequest, type ClaimResult, type PurgeOptions } from './storage/idempotency.store.js';
+export {
+  IdempotencyStore,
+  type ClaimRequest,
+  type ClaimResult,
+  type PurgeOptions,
+  type StoreTransaction,
+} from './storage/idempotency.store.js';
 export { PostgresIdempotencyStore, IDEMPOTENCY_TABLE } from './storage/postgres.store.js';
 export { MemoryIdempotencyStore } from './storage/memory.store.js';
 export { CreateIdempotencyKeys1764288000000, idempotencyMigrations } from '../migrations/index.js';

@@ -74,4 +74,39 @@ export abstract class IdempotencyStore {
 
   /** Checks at start-up that the store is usable; throws with a message that names the fix. */
   async verify(): Promise<void> {}
+
+  /** Whether `openTransaction()` is supported (transactional routes need it). */
+  get supportsTransactions(): boolean {
+    return this.openTransaction !== IdempotencyStore.prototype.openTransaction;
+  }
+
+  /**
+   * Opens a database transaction for a transactional-mode request. Stores that keep
+   * records outside the application's database cannot offer one.
+   */
+  openTransaction(): Promise<StoreTransaction> {
+    return Promise.reject(new Error(`${this.constructor.name} does not support transactional routes`));
+  }
+}
+
+/**
+ * A transactional-mode request's transaction. The record is claimed inside it, the
+ * handler's writes go through `manager`, and the stored response commits with them.
+ * A concurrent claim of the same identity waits on the database's lock (up to the
+ * given lock timeout), not on polling; if the process dies, the database rolls back.
+ */
+export interface StoreTransaction {
+  /** The handler's view of the transaction: a TypeORM EntityManager for PostgreSQL. */
+  readonly manager: unknown;
+  /** Claims inside the transaction, waiting at most `lockTimeoutMs` for another owner. */
+  claim(request: ClaimRequest, lockTimeoutMs: number): Promise<ClaimResult>;
+  /** Marks where the handler's writes start (the claim stays if they are discarded). */
+  beginHandler(): Promise<void>;
+  /** Discards the handler's writes, keeping the claim (a stored 4xx error). */
+  discardHandlerWrites(): Promise<void>;
+  complete(identity: RecordIdentity, ownerToken: string, response: StoredResponse, ttlMs: number): Promise<boolean>;
+  /** Commits the record and the handler's writes together; throws if it could not. */
+  commit(): Promise<void>;
+  /** Rolls everything back, the claim included; never throws, and is a no-op once settled. */
+  rollback(): Promise<void>;
 }

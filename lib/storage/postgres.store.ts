@@ -1,4 +1,4 @@
-import type { DataSource } from 'typeorm';
+import type { DataSource, EntityManager, QueryRunner } from 'typeorm';
 import {
   decideClaim,
   type IdempotencyRecord,
@@ -6,7 +6,14 @@ import {
   type RecordIdentity,
   type StoredResponse,
 } from '../record.js';
-import { type ClaimRequest, type ClaimResult, IdempotencyStore, type PurgeOptions, purgeLimits } from './idempotency.store.js';
+import {
+  type ClaimRequest,
+  type ClaimResult,
+  IdempotencyStore,
+  type PurgeOptions,
+  purgeLimits,
+  type StoreTransaction,
+} from './idempotency.store.js';
 
 /** The subset of node-postgres' Pool and PoolClient this store uses. */
 interface Queryable {
@@ -136,7 +143,7 @@ const MAX_SLOW_PATH_ATTEMPTS = 5;
 export class PostgresIdempotencyStore extends IdempotencyStore {
   private readonly pool: Pool;
 
-  constructor(dataSource: DataSource) {
+  constructor(private readonly dataSource: DataSource) {
     super();
     if (dataSource.options.type !== 'postgres') {
       throw new Error(
@@ -150,31 +157,16 @@ export class PostgresIdempotencyStore extends IdempotencyStore {
   }
 
   async claim(request: ClaimRequest): Promise<ClaimResult> {
-    const { rows } = await this.pool.query(SQL_CLAIM, claimParameters(request));
-    const row = rows[0];
-    if (row?.claimed) return { claimed: true, record: toRecord(row) };
-    if (row) {
-      const observed = toObserved(row);
-      if (!observed.expired && !observed.leaseLapsed) return { claimed: false, observed };
-    }
-    // The row is expired or abandoned, or it changed between the INSERT and our
-    // snapshot: decide under a row lock.
-    return this.claimSlowly(request);
-  }
-
-  private async claimSlowly(request: ClaimRequest): Promise<ClaimResult> {
-    const params = claimParameters(request);
+    const fast = await claimFast(this.pool, request);
+    if (fast) return fast;
     const client = await this.pool.connect();
     let failed: Error | undefined;
     try {
-      for (let attempt = 0; attempt < MAX_SLOW_PATH_ATTEMPTS; attempt++) {
-        // A row lock held for long (a stalled transaction) fails the claim instead of hanging it.
-        await client.query(`BEGIN; SET LOCAL lock_timeout = '${SLOW_PATH_LOCK_TIMEOUT}'`);
-        const result = await this.examineAndClaim(client, request, params);
-        await client.query('COMMIT');
-        if (result) return result;
-      }
-      throw new Error('idempotency claim did not settle: the record kept changing concurrently');
+      // A row lock held for long (a stalled transaction) fails the claim instead of hanging it.
+      await client.query(`BEGIN; SET LOCAL lock_timeout = '${SLOW_PATH_LOCK_TIMEOUT}'`);
+      const result = await claimUnderLock(client, request);
+      await client.query('COMMIT');
+      return result;
     } catch (error) {
       failed = error as Error;
       await client.query('ROLLBACK').catch(() => undefined);
@@ -185,22 +177,17 @@ export class PostgresIdempotencyStore extends IdempotencyStore {
     }
   }
 
-  /** One locked examination; undefined when the row appeared or vanished meanwhile. */
-  private async examineAndClaim(
-    client: Queryable,
-    request: ClaimRequest,
-    params: unknown[],
-  ): Promise<ClaimResult | undefined> {
-    const { rows } = await client.query(SQL_EXAMINE_FOR_UPDATE, identityParameters(request.identity));
-    if (rows.length === 0) {
-      const inserted = await client.query(SQL_INSERT, params);
-      return inserted.rows[0] ? { claimed: true, record: toRecord(inserted.rows[0]) } : undefined;
+  override async openTransaction(): Promise<StoreTransaction> {
+    const runner = this.dataSource.createQueryRunner();
+    try {
+      // START TRANSACTION through TypeORM, so that the handler's own
+      // manager.transaction() calls nest as savepoints inside ours.
+      await runner.startTransaction();
+      return new PostgresStoreTransaction(runner, (await runner.connect()) as Queryable);
+    } catch (error) {
+      await runner.release();
+      throw error;
     }
-    const observed = toObserved(rows[0]);
-    const decision = decideClaim(observed, request.fingerprint);
-    if (decision !== 'reclaim' && decision !== 'take-over') return { claimed: false, observed };
-    const updated = await client.query(SQL_RECLAIM, params);
-    return updated.rows[0] ? { claimed: true, record: toRecord(updated.rows[0]) } : undefined;
   }
 
   async complete(
@@ -209,13 +196,7 @@ export class PostgresIdempotencyStore extends IdempotencyStore {
     response: StoredResponse,
     ttlMs: number,
   ): Promise<boolean> {
-    const { rowCount } = await this.pool.query(SQL_COMPLETE, [
-      ...identityParameters(identity),
-      ownerToken,
-      JSON.stringify(response),
-      ttlMs,
-    ]);
-    return rowCount === 1;
+    return completeOn(this.pool, identity, ownerToken, response, ttlMs);
   }
 
   async release(identity: RecordIdentity, ownerToken: string): Promise<boolean> {
@@ -257,6 +238,119 @@ export class PostgresIdempotencyStore extends IdempotencyStore {
       throw error;
     }
   }
+}
+
+/**
+ * The transaction of a transactional-mode request: the record is claimed in it, the
+ * handler writes through its EntityManager, and the stored response commits with those
+ * writes, or nothing does. Until it commits, the uncommitted primary-key entry is the
+ * lock that duplicates wait on.
+ */
+class PostgresStoreTransaction implements StoreTransaction {
+  private settled = false;
+
+  constructor(
+    private readonly runner: QueryRunner,
+    private readonly client: Queryable,
+  ) {}
+
+  get manager(): EntityManager {
+    return this.runner.manager;
+  }
+
+  async claim(request: ClaimRequest, lockTimeoutMs: number): Promise<ClaimResult> {
+    // Bounds the wait for a concurrent owner's uncommitted claim (or row lock); the
+    // handler's own statements run with the session's setting again (beginHandler()).
+    await this.client.query(`SET LOCAL lock_timeout = '${Math.max(1, Math.ceil(lockTimeoutMs))}ms'`);
+    return (await claimFast(this.client, request)) ?? (await claimUnderLock(this.client, request));
+  }
+
+  async beginHandler(): Promise<void> {
+    await this.client.query(`SET LOCAL lock_timeout TO DEFAULT; SAVEPOINT ${HANDLER_SAVEPOINT}`);
+  }
+
+  async discardHandlerWrites(): Promise<void> {
+    await this.client.query(`ROLLBACK TO SAVEPOINT ${HANDLER_SAVEPOINT}`);
+  }
+
+  complete(identity: RecordIdentity, ownerToken: string, response: StoredResponse, ttlMs: number): Promise<boolean> {
+    return completeOn(this.client, identity, ownerToken, response, ttlMs);
+  }
+
+  async commit(): Promise<void> {
+    this.settled = true;
+    try {
+      await this.runner.commitTransaction();
+    } finally {
+      await this.runner.release();
+    }
+  }
+
+  async rollback(): Promise<void> {
+    if (this.settled) return;
+    this.settled = true;
+    try {
+      if (this.runner.isTransactionActive) await this.runner.rollbackTransaction();
+    } catch {
+      // The connection is gone: PostgreSQL rolls the transaction back by itself.
+    } finally {
+      await this.runner.release();
+    }
+  }
+}
+
+const HANDLER_SAVEPOINT = 'idempotent_handler';
+
+/**
+ * The fast path on a pool or a transaction's connection; undefined when the row must be
+ * examined under a lock (expired, abandoned, or changed between the INSERT and the snapshot).
+ */
+async function claimFast(db: Queryable, request: ClaimRequest): Promise<ClaimResult | undefined> {
+  const { rows } = await db.query(SQL_CLAIM, claimParameters(request));
+  const row = rows[0];
+  if (row?.claimed) return { claimed: true, record: toRecord(row) };
+  if (!row) return undefined;
+  const observed = toObserved(row);
+  return observed.expired || observed.leaseLapsed ? undefined : { claimed: false, observed };
+}
+
+/**
+ * The slow path, inside a transaction: examine the row under FOR UPDATE, decide with the
+ * state machine, then insert, take over or re-claim. Each statement sees a fresh snapshot
+ * (READ COMMITTED), so a row that appeared or vanished meanwhile is seen on the next round.
+ */
+async function claimUnderLock(db: Queryable, request: ClaimRequest): Promise<ClaimResult> {
+  const params = claimParameters(request);
+  for (let attempt = 0; attempt < MAX_SLOW_PATH_ATTEMPTS; attempt++) {
+    const { rows } = await db.query(SQL_EXAMINE_FOR_UPDATE, identityParameters(request.identity));
+    if (rows.length === 0) {
+      const inserted = await db.query(SQL_INSERT, params);
+      if (inserted.rows[0]) return { claimed: true, record: toRecord(inserted.rows[0]) };
+      continue;
+    }
+    const observed = toObserved(rows[0]);
+    const decision = decideClaim(observed, request.fingerprint);
+    if (decision !== 'reclaim' && decision !== 'take-over') return { claimed: false, observed };
+    const updated = await db.query(SQL_RECLAIM, params);
+    if (updated.rows[0]) return { claimed: true, record: toRecord(updated.rows[0]) };
+  }
+  throw new Error('idempotency claim did not settle: the record kept changing concurrently');
+}
+
+async function completeOn(
+  db: Queryable,
+  identity: RecordIdentity,
+  ownerToken: string,
+  response: StoredResponse,
+  ttlMs: number,
+): Promise<boolean> {
+  const { rowCount } = await db.query(SQL_COMPLETE, [
+    ...identityParameters(identity),
+    ownerToken,
+    JSON.stringify(response),
+    ttlMs,
+  ]);
+  return rowCount === 1;
 }
 
 function identityParameters(identity: RecordIdentity): unknown[] {

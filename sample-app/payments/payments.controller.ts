@@ -1,8 +1,7 @@
 import { Body, Controller, HttpException, Inject, Post, UseGuards } from '@nestjs/common';
-import { InjectRepository } from '@nestjs/typeorm';
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { Repository } from 'typeorm';
-import { Idempotent } from '../../lib/index.js';
+import type { EntityManager } from 'typeorm';
+import { Idempotent, IdempotentManager } from '../../lib/index.js';
 import { CallerGuard, CallerId } from '../caller.guard.js';
 import { SAMPLE_CONFIG, type SampleConfig } from '../config.js';
 import { type CreatePayment, CreatePaymentPipe } from './create-payment.pipe.js';
@@ -15,18 +14,21 @@ export const PROVIDER_ERROR_CARD = '4000000000000119';
 @Controller('payments')
 @UseGuards(CallerGuard)
 export class PaymentsController {
-  constructor(
-    @InjectRepository(Payment) private readonly payments: Repository<Payment>,
-    @Inject(SAMPLE_CONFIG) private readonly config: SampleConfig,
-  ) {}
+  constructor(@Inject(SAMPLE_CONFIG) private readonly config: SampleConfig) {}
 
   /**
-   * Parallel duplicates wait for the first request and receive its response: a client
-   * that double-submits a payment sees one payment, not an error.
+   * Transactional: the payment row and the stored response commit together, or neither
+   * does, so a crash can never leave a payment whose key looks unused. Parallel
+   * duplicates wait for the first request and receive its response: a client that
+   * double-submits a payment sees one payment, not an error.
    */
   @Post()
-  @Idempotent({ concurrency: 'wait' })
-  async create(@CallerId() userId: string, @Body(CreatePaymentPipe) body: CreatePayment) {
+  @Idempotent({ concurrency: 'wait', transactional: true })
+  async create(
+    @CallerId() userId: string,
+    @Body(CreatePaymentPipe) body: CreatePayment,
+    @IdempotentManager() manager: EntityManager,
+  ) {
     if (body.card === DECLINED_CARD) {
       await this.callProvider();
       // A 4xx is the operation's final answer: stored and replayed to retries.
@@ -53,8 +55,9 @@ export class PaymentsController {
         503,
       );
     }
-    const payment = await this.payments.save(
-      this.payments.create({
+    const payments = manager.getRepository(Payment);
+    const payment = await payments.save(
+      payments.create({
         userId,
         amount: body.amount,
         currency: body.currency,

@@ -32,6 +32,15 @@ class WritesResponseItself {
   }
 }
 
+@Controller()
+class TransactionalController {
+  @Post('tx')
+  @Idempotent({ transactional: true })
+  create() {
+    return {};
+  }
+}
+
 @Injectable()
 class Settings {
   readonly header = 'X-Request-Key';
@@ -163,6 +172,11 @@ describe('IdempotencyModule wiring', () => {
   it('fails at start-up for a route that writes its response itself', async () => {
     const message = await bootError([IdempotencyModule.forRoot({ store: MemoryIdempotencyStore })], [WritesResponseItself]);
     expect(message).toMatch(/WritesResponseItself\.raw.*@Res\(\)/);
+  });
+
+  it('fails at start-up for a transactional route on a store without transactions', async () => {
+    const message = await bootError([IdempotencyModule.forRoot({ store: MemoryIdempotencyStore })], [TransactionalController]);
+    expect(message).toMatch(/TransactionalController\.create is transactional.*PostgreSQL store/);
   });
 
   it('fails at start-up for an option that cannot work', async () => {

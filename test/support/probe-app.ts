@@ -15,7 +15,14 @@ import {
 } from '@nestjs/common';
 import { TypeOrmModule } from '@nestjs/typeorm';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { Idempotent, IdempotencyModule, type IdempotencyModuleOptions } from '../../lib/index.js';
+import type { EntityManager } from 'typeorm';
+import {
+  Idempotent,
+  IdempotencyModule,
+  type IdempotencyModuleOptions,
+  IdempotentManager,
+  IdempotentTransaction,
+} from '../../lib/index.js';
 
 /** How many times each probe handler ran, by route name. */
 export class Calls {
@@ -55,10 +62,27 @@ class RejectInvalid implements PipeTransform {
   }
 }
 
+/** Writes through the request's transaction from a service, as an application would. */
+@Injectable()
+class Ledger {
+  constructor(private readonly transaction: IdempotentTransaction) {}
+
+  async record(owner: string, amount: number): Promise<string> {
+    const [row] = await this.transaction.manager.query(
+      "INSERT INTO payments (user_id, amount, currency, status) VALUES ($1, $2, 'EUR', 'succeeded') RETURNING id",
+      [owner, amount],
+    );
+    return row.id;
+  }
+}
+
 /** A controller exercising every behaviour of the library; each handler counts its runs. */
 @Controller()
 class ProbeController {
-  constructor(private readonly calls: Calls) {}
+  constructor(
+    private readonly calls: Calls,
+    private readonly ledger: Ledger,
+  ) {}
 
   @Post('orders')
   @Idempotent()
@@ -181,6 +205,49 @@ class ProbeController {
     return new Date(Date.UTC(2026, 0, 1, 0, 0, this.calls.count('date')));
   }
 
+  @Post('tx/:owner')
+  @Idempotent({ transactional: true })
+  async transactional(@Param('owner') owner: string, @Body() body: ProbeBody, @IdempotentManager() manager: EntityManager) {
+    this.calls.hit('tx');
+    // A nested transaction of the handler's own becomes a savepoint inside ours.
+    const id = await manager.transaction((inner) =>
+      inner
+        .query("INSERT INTO payments (user_id, amount, currency, status) VALUES ($1, 100, 'EUR', 'succeeded') RETURNING id", [owner])
+        .then((rows: Array<{ id: string }>) => rows[0].id),
+    );
+    await sleep(body.delayMs ?? 0);
+    if (body.status) throw new HttpException({ message: `failed after writing ${id}` }, body.status);
+    return { id, run: this.calls.count('tx') };
+  }
+
+  @Post('tx-wait/:owner')
+  @Idempotent({ transactional: true, concurrency: 'wait', waitTimeoutMs: 5000 })
+  async transactionalWait(@Param('owner') owner: string, @Body() body: ProbeBody) {
+    this.calls.hit('tx-wait');
+    const leave = this.calls.enter();
+    try {
+      const id = await this.ledger.record(owner, 200);
+      await sleep(body.delayMs ?? 0);
+      if (body.status) throw new HttpException({ message: 'failed on purpose' }, body.status);
+      return { id, run: this.calls.count('tx-wait') };
+    } finally {
+      leave();
+    }
+  }
+
+  @Post('tx-validated/:owner')
+  @Idempotent({ transactional: true })
+  transactionalValidated(@Body(RejectInvalid) body: ProbeBody) {
+    this.calls.hit('tx-validated');
+    return { accepted: body };
+  }
+
+  @Post('manager-outside')
+  @Idempotent()
+  managerOutside(@IdempotentManager() manager: EntityManager) {
+    return { got: typeof manager };
+  }
+
   @Post('plain')
   plain() {
     this.calls.hit('plain');
@@ -202,6 +269,6 @@ export function probeModule(url: string, calls: Calls, options: IdempotencyModul
       }),
     ],
     controllers: [ProbeController],
-    providers: [{ provide: Calls, useValue: calls }],
+    providers: [{ provide: Calls, useValue: calls }, Ledger],
   };
 }

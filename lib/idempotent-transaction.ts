@@ -1,0 +1,51 @@
+import { createParamDecorator, Injectable } from '@nestjs/common';
+import { AsyncLocalStorage } from 'node:async_hooks';
+import type { EntityManager } from 'typeorm';
+import type { StoreTransaction } from './storage/idempotency.store.js';
+
+const current = new AsyncLocalStorage<StoreTransaction>();
+
+/** @internal Runs a transactional route's handler with its transaction in context. */
+export function runInTransaction<T>(transaction: StoreTransaction, run: () => T): T {
+  return current.run(transaction, run);
+}
+
+function managerOrThrow(): EntityManager {
+  const transaction = current.getStore();
+  if (!transaction) {
+    throw new Error(
+      'No idempotency transaction here: the EntityManager is handed only to handlers of routes ' +
+        'with @Idempotent({ transactional: true }) (or the module option transactional: true), ' +
+        'while such a request runs.',
+    );
+  }
+  return transaction.manager as EntityManager;
+}
+
+/**
+ * The transaction of the running transactional-mode request, for services the handler
+ * calls: write through `manager` and the writes commit together with the stored response.
+ *
+ * ```ts
+ * constructor(private readonly transaction: IdempotentTransaction) {}
+ * charge() { return this.transaction.manager.save(Payment, {...}); }
+ * ```
+ */
+@Injectable()
+export class IdempotentTransaction {
+  /** The EntityManager of the request's transaction; throws outside a transactional route. */
+  get manager(): EntityManager {
+    return managerOrThrow();
+  }
+
+  /** Whether the current code runs inside a transactional-mode request. */
+  get active(): boolean {
+    return current.getStore() !== undefined;
+  }
+}
+
+/**
+ * The EntityManager of the request's transaction, as a handler parameter:
+ * `create(@IdempotentManager() manager: EntityManager, @Body() body: Dto)`.
+ */
+export const IdempotentManager = createParamDecorator((): EntityManager => managerOrThrow());
