@@ -77,12 +77,20 @@ export class IdempotencyInterceptor implements NestInterceptor {
       const handled = () => lastValueFrom(next.handle());
       result = await (transaction ? runInTransaction(transaction, handled) : handled());
     } catch (error) {
-      const handlerRan = !(request as Record<symbol, unknown>)[REJECTED_BY_PIPES];
-      if (handlerRan && error instanceof HttpException && options.storeErrors(error.getStatus(), error)) {
-        // Transactional mode: the error is the answer, so the handler's writes are undone.
-        await this.service.completeDiscardingWrites(execution, captureError(error, this.replayHeaders(execution, response)));
-      } else {
-        await this.service.release(execution);
+      let stored;
+      try {
+        const handlerRan = !(request as Record<symbol, unknown>)[REJECTED_BY_PIPES];
+        if (handlerRan && error instanceof HttpException && options.storeErrors(error.getStatus(), error)) {
+          stored = captureError(error, this.replayHeaders(execution, response));
+        }
+      } finally {
+        // Whatever the policy or the capture threw, the claim is settled: stored, or released.
+        if (stored) {
+          // Transactional mode: the error is the answer, so the handler's writes are undone.
+          await this.service.completeDiscardingWrites(execution, stored);
+        } else {
+          await this.service.release(execution);
+        }
       }
       throw error;
     }

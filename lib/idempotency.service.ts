@@ -194,7 +194,8 @@ export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
       const transaction = await this.storeCall(() => this.store.openTransaction());
       let observed: ObservedRecord;
       try {
-        const claim = await transaction.claim(request, Math.max(1, attempt.waitUntil - Date.now()));
+        // 'reject': waitUntil is now, so the claim waits 1 ms at most for another owner.
+        const claim = await transaction.claim(request, attempt.waitUntil);
         if (claim.claimed) {
           await transaction.beginHandler();
           const { identity, options, leave } = attempt;

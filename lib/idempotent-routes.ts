@@ -75,6 +75,12 @@ export class IdempotentRoutes implements OnModuleInit {
     const options = resolveRouteOptions(this.moduleOptions, onClass, onMethod);
     validateOptions(options, where);
     this.assertReplayable(controller, handler, where);
+    if (options.transactional && !options.required) {
+      throw new Error(
+        `@Idempotent() on ${where} is transactional with required: false: a request without a key ` +
+          'would run without the transaction its handler expects. Make the key required.',
+      );
+    }
     if (options.transactional && !this.store.supportsTransactions) {
       throw new Error(
         `@Idempotent() on ${where} is transactional, but ${this.store.constructor.name} has no transactions: ` +

@@ -3,15 +3,25 @@ import { AsyncLocalStorage } from 'node:async_hooks';
 import type { EntityManager } from 'typeorm';
 import type { StoreTransaction } from './storage/idempotency.store.js';
 
-const current = new AsyncLocalStorage<StoreTransaction>();
+/** Emptied when the handler has returned: callbacks it left behind find no transaction. */
+interface Scope {
+  transaction?: StoreTransaction;
+}
+
+const current = new AsyncLocalStorage<Scope>();
 
 /** @internal Runs a transactional route's handler with its transaction in context. */
-export function runInTransaction<T>(transaction: StoreTransaction, run: () => T): T {
-  return current.run(transaction, run);
+export async function runInTransaction<T>(transaction: StoreTransaction, run: () => Promise<T>): Promise<T> {
+  const scope: Scope = { transaction };
+  try {
+    return await current.run(scope, run);
+  } finally {
+    scope.transaction = undefined;
+  }
 }
 
 function managerOrThrow(): EntityManager {
-  const transaction = current.getStore();
+  const transaction = current.getStore()?.transaction;
   if (!transaction) {
     throw new Error(
       'No idempotency transaction here: the EntityManager is handed only to handlers of routes ' +
@@ -40,7 +50,7 @@ export class IdempotentTransaction {
 
   /** Whether the current code runs inside a transactional-mode request. */
   get active(): boolean {
-    return current.getStore() !== undefined;
+    return current.getStore()?.transaction !== undefined;
   }
 }
 

@@ -98,8 +98,8 @@ export abstract class IdempotencyStore {
 export interface StoreTransaction {
   /** The handler's view of the transaction: a TypeORM EntityManager for PostgreSQL. */
   readonly manager: unknown;
-  /** Claims inside the transaction, waiting at most `lockTimeoutMs` for another owner. */
-  claim(request: ClaimRequest, lockTimeoutMs: number): Promise<ClaimResult>;
+  /** Claims inside the transaction, waiting for another owner until `waitUntil` (epoch ms) at most. */
+  claim(request: ClaimRequest, waitUntil: number): Promise<ClaimResult>;
   /** Marks where the handler's writes start (the claim stays if they are discarded). */
   beginHandler(): Promise<void>;
   /** Discards the handler's writes, keeping the claim (a stored 4xx error). */

@@ -18,6 +18,7 @@ import {
 /** The subset of node-postgres' Pool and PoolClient this store uses. */
 interface Queryable {
   query(text: string, values?: unknown[]): Promise<{ rows: any[]; rowCount: number | null }>;
+  end?(): Promise<void>;
 }
 interface Pool extends Queryable {
   connect(): Promise<Queryable & { release(error?: Error | boolean): void }>;
@@ -50,11 +51,25 @@ const MS = "* interval '1 millisecond'";
  * that a replay costs no second query. The existing row is not locked here: replays
  * must not serialise on it.
  */
-const SQL_CLAIM = `
-WITH inserted AS (
+const SQL_CLAIM = claimStatement(false);
+
+/**
+ * The same inside a transactional-mode transaction, where the INSERT may wait on another
+ * owner's uncommitted claim: $9 becomes the transaction's lock_timeout first (the
+ * materialised CTE runs before the INSERT reads its row from it), saving a round trip.
+ */
+const SQL_CLAIM_WAITING = claimStatement(true);
+
+function claimStatement(withLockTimeout: boolean): string {
+  const settings = withLockTimeout
+    ? "settings AS MATERIALIZED (SELECT set_config('lock_timeout', $9, true) AS lock_timeout),\n"
+    : '';
+  const values = `$1, $2, $3, $4, $5, 'in_progress', $6, ${NOW} + $7::float8 ${MS}, ${NOW} + $8::float8 ${MS}, ${NOW}`;
+  return `
+WITH ${settings}inserted AS (
   INSERT INTO ${IDEMPOTENCY_TABLE} AS k
     (scope, method, route, idempotency_key, fingerprint, status, owner_token, locked_until, expires_at, created_at)
-  VALUES ($1, $2, $3, $4, $5, 'in_progress', $6, ${NOW} + $7::float8 ${MS}, ${NOW} + $8::float8 ${MS}, ${NOW})
+  ${withLockTimeout ? `SELECT ${values} FROM settings` : `VALUES (${values})`}
   ON CONFLICT (scope, method, route, idempotency_key) DO NOTHING
   RETURNING k.*
 )
@@ -63,6 +78,10 @@ UNION ALL
 SELECT false, k.*, ${EXPIRED}, ${LEASE_LAPSED}
 FROM ${IDEMPOTENCY_TABLE} k
 WHERE ${IDENTITY} AND NOT EXISTS (SELECT 1 FROM inserted)`;
+}
+
+/** Bounds the next lock wait of a transactional-mode claim (a slow-path round). */
+const SQL_SET_LOCK_TIMEOUT = "SELECT set_config('lock_timeout', $1, true)";
 
 /**
  * Slow path, step 1: examine the existing record under a row lock, so that the decision
@@ -258,11 +277,17 @@ class PostgresStoreTransaction implements StoreTransaction {
     return this.runner.manager;
   }
 
-  async claim(request: ClaimRequest, lockTimeoutMs: number): Promise<ClaimResult> {
-    // Bounds the wait for a concurrent owner's uncommitted claim (or row lock); the
-    // handler's own statements run with the session's setting again (beginHandler()).
-    await this.client.query(`SET LOCAL lock_timeout = '${Math.max(1, Math.ceil(lockTimeoutMs))}ms'`);
-    return (await claimFast(this.client, request)) ?? (await claimUnderLock(this.client, request));
+  async claim(request: ClaimRequest, waitUntil: number): Promise<ClaimResult> {
+    // Each statement that may wait for a concurrent owner (its uncommitted claim, or its
+    // row lock) gets the time left until waitUntil as its lock_timeout; the handler's own
+    // statements run with the session's setting again (beginHandler()).
+    const timeLeft = () => `${Math.max(1, Math.ceil(waitUntil - Date.now()))}ms`;
+    return (
+      (await claimFast(this.client, request, timeLeft())) ??
+      (await claimUnderLock(this.client, request, async () => {
+        await this.client.query(SQL_SET_LOCK_TIMEOUT, [timeLeft()]);
+      }))
+    );
   }
 
   async beginHandler(): Promise<void> {
@@ -278,21 +303,28 @@ class PostgresStoreTransaction implements StoreTransaction {
   }
 
   async commit(): Promise<void> {
+    // TypeORM counts the handler's manager.transaction() calls; above 1, its commit would
+    // only release a savepoint and leave ours open. Such a transaction still running when
+    // the handler returned is a handler bug: refuse to commit half of its work.
+    const depth = (this.runner as unknown as { transactionDepth: number }).transactionDepth;
+    if (depth !== 1) throw new Error('a transaction the handler opened with manager.transaction() is still open');
+    await this.runner.commitTransaction();
     this.settled = true;
-    try {
-      await this.runner.commitTransaction();
-    } finally {
-      await this.runner.release();
-    }
+    await this.runner.release();
   }
 
+  /**
+   * A raw ROLLBACK, whatever TypeORM's nesting count says, so that the connection never
+   * returns to the pool inside a transaction. If even that fails, the connection is ended,
+   * which makes the pool discard it (and PostgreSQL roll back).
+   */
   async rollback(): Promise<void> {
     if (this.settled) return;
     this.settled = true;
     try {
-      if (this.runner.isTransactionActive) await this.runner.rollbackTransaction();
+      await this.client.query('ROLLBACK');
     } catch {
-      // The connection is gone: PostgreSQL rolls the transaction back by itself.
+      await this.client.end?.().catch(() => undefined);
     } finally {
       await this.runner.release();
     }
@@ -305,8 +337,10 @@ const HANDLER_SAVEPOINT = 'idempotent_handler';
  * The fast path on a pool or a transaction's connection; undefined when the row must be
  * examined under a lock (expired, abandoned, or changed between the INSERT and the snapshot).
  */
-async function claimFast(db: Queryable, request: ClaimRequest): Promise<ClaimResult | undefined> {
-  const { rows } = await db.query(SQL_CLAIM, claimParameters(request));
+async function claimFast(db: Queryable, request: ClaimRequest, lockTimeout?: string): Promise<ClaimResult | undefined> {
+  const { rows } = await (lockTimeout === undefined
+    ? db.query(SQL_CLAIM, claimParameters(request))
+    : db.query(SQL_CLAIM_WAITING, [...claimParameters(request), lockTimeout]));
   const row = rows[0];
   if (row?.claimed) return { claimed: true, record: toRecord(row) };
   if (!row) return undefined;
@@ -319,9 +353,14 @@ async function claimFast(db: Queryable, request: ClaimRequest): Promise<ClaimRes
  * state machine, then insert, take over or re-claim. Each statement sees a fresh snapshot
  * (READ COMMITTED), so a row that appeared or vanished meanwhile is seen on the next round.
  */
-async function claimUnderLock(db: Queryable, request: ClaimRequest): Promise<ClaimResult> {
+async function claimUnderLock(
+  db: Queryable,
+  request: ClaimRequest,
+  beforeRound: () => Promise<void> = async () => {},
+): Promise<ClaimResult> {
   const params = claimParameters(request);
   for (let attempt = 0; attempt < MAX_SLOW_PATH_ATTEMPTS; attempt++) {
+    await beforeRound();
     const { rows } = await db.query(SQL_EXAMINE_FOR_UPDATE, identityParameters(request.identity));
     if (rows.length === 0) {
       const inserted = await db.query(SQL_INSERT, params);

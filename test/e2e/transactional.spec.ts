@@ -112,6 +112,26 @@ describe.each(PLATFORMS)('transactional mode over HTTP (%s)', (platform) => {
     expect(await payments(who)).toEqual([]);
   });
 
+  it("refuses to commit while the handler's own nested transaction is still open", async () => {
+    const who = owner();
+    const key = randomUUID();
+    const response = await post(base, `/tx-dangling/${who}`, { key });
+    expect(response.status).toBe(503);
+    await sleep(400);
+    expect(await payments(who)).toEqual([]);
+    expect(await record(key)).toBeUndefined();
+    // The connection went back to the pool clean: the app keeps working.
+    expect((await post(base, `/tx/${who}`, { key: randomUUID(), body: {} })).status).toBe(201);
+  });
+
+  it('releases the key when the error storage policy itself throws', async () => {
+    const key = randomUUID();
+    expect((await post(base, '/policy-throws', { key })).status).toBe(500);
+    expect(await record(key)).toBeUndefined();
+    expect((await post(base, '/policy-throws', { key })).status).toBe(500);
+    expect(calls.count('policy-throws')).toBe(2);
+  });
+
   it('refuses the EntityManager to a route that is not transactional', async () => {
     const response = await post(base, '/manager-outside', { key: randomUUID() });
     expect(response.status).toBe(500);

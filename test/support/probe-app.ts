@@ -242,6 +242,32 @@ class ProbeController {
     return { accepted: body };
   }
 
+  @Post('tx-dangling/:owner')
+  @Idempotent({ transactional: true })
+  async transactionalDangling(@Param('owner') owner: string, @IdempotentManager() manager: EntityManager) {
+    this.calls.hit('tx-dangling');
+    // A handler bug: a nested transaction still running when the handler returns.
+    void manager
+      .transaction(async (inner) => {
+        await inner.query("INSERT INTO payments (user_id, amount, currency, status) VALUES ($1, 1, 'EUR', 'succeeded')", [owner]);
+        await sleep(300);
+      })
+      .catch(() => undefined);
+    await sleep(50);
+    return { returned: true };
+  }
+
+  @Post('policy-throws')
+  @Idempotent({
+    storeErrors: () => {
+      throw new Error('a bug in the storage policy');
+    },
+  })
+  policyThrows() {
+    this.calls.hit('policy-throws');
+    throw new HttpException({ message: 'not found' }, 404);
+  }
+
   @Post('manager-outside')
   @Idempotent()
   managerOutside(@IdempotentManager() manager: EntityManager) {

@@ -42,7 +42,10 @@ export async function startSampleApp(env: Record<string, string>): Promise<Sampl
     output: () => output,
     async kill(signal = 'SIGTERM') {
       if (child.exitCode === null && child.signalCode === null) child.kill(signal);
+      // A process that does not stop in time is killed, so that no test leaves one behind.
+      const timer = setTimeout(() => child.kill('SIGKILL'), 5000);
       await exited;
+      clearTimeout(timer);
     },
   };
 }

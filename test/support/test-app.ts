@@ -18,7 +18,13 @@ export async function startApp(module: unknown, platform: Platform): Promise<Run
     platform === 'express'
       ? moduleRef.createNestApplication({ logger: ['error', 'warn'] })
       : moduleRef.createNestApplication(new FastifyAdapter(), { logger: ['error', 'warn'] });
-  await app.listen(0, '127.0.0.1');
+  try {
+    await app.listen(0, '127.0.0.1');
+  } catch (error) {
+    // A failed start-up still opened what it built (a DataSource's pool): close it.
+    await app.close().catch(() => undefined);
+    throw error;
+  }
   const url = (await app.getUrl()).replace('[::1]', '127.0.0.1').replace('localhost', '127.0.0.1');
   return { app, url, close: () => app.close() };
 }

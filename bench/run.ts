@@ -1,0 +1,256 @@
+import 'reflect-metadata';
+import { type ChildProcess, spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { fileURLToPath } from 'node:url';
+import pg from 'pg';
+import { DataSource } from 'typeorm';
+import { idempotencyMigrations, PostgresIdempotencyStore } from '../lib/index.js';
+import { CreateSampleTables1764288000001 } from '../sample-app/migrations/1764288000001-create-sample-tables.js';
+import { startEmbeddedDatabase } from '../sample-app/embedded-database.js';
+import { CHARGE, type KeyPlan, type Measurement, measure, stats } from './load.js';
+import { type BenchResults, compare, writeReport } from './report.js';
+
+/**
+ * `npm run bench [-- --quick]`: measures what idempotency costs against a baseline of the
+ * same handler, in one process run so that machine noise hits every variant alike.
+ */
+const quick = process.argv.includes('--quick');
+const settings = quick
+  ? { rounds: 2, seconds: 2, connections: 32, burstConnections: 50, records: 100_000, moderateRate: 200 }
+  : { rounds: 3, seconds: 6, connections: 32, burstConnections: 50, records: 1_000_000, moderateRate: 300 };
+
+let db: DataSource;
+
+const SERVER = fileURLToPath(new URL('./server.js', import.meta.url));
+const REPLAY_KEYS = 200;
+
+interface Variant {
+  name: string;
+  path: string;
+  keys: (round: number) => KeyPlan;
+}
+
+async function main(): Promise<void> {
+  const started = Date.now();
+  const { serverUrl, stopDatabase } = await database();
+  const name = 'idem_bench_' + randomBytes(4).toString('hex');
+  await adminQuery(serverUrl, `CREATE DATABASE ${name}`);
+  const url = withDatabase(serverUrl, name);
+  const dataSource = new DataSource({
+    type: 'postgres',
+    url,
+    migrations: [...idempotencyMigrations, CreateSampleTables1764288000001],
+  });
+  await dataSource.initialize();
+  await dataSource.runMigrations();
+  db = dataSource;
+  const server = await startServer(url);
+  try {
+    const base = server.url;
+    log(`bench app on ${base}; ${quick ? 'quick' : 'full'} run: ${JSON.stringify(settings)}`);
+    const keys = { lease: await completeKeys(base, '/lease/payments', 'replay-lease'), tx: await completeKeys(base, '/tx/payments', 'replay-tx') };
+    const variants: Variant[] = [
+      { name: 'baseline', path: '/baseline/payments', keys: () => ({ kind: 'none' }) },
+      { name: 'lease: first', path: '/lease/payments', keys: () => ({ kind: 'fresh' }) },
+      { name: 'transactional: first', path: '/tx/payments', keys: () => ({ kind: 'fresh' }) },
+      { name: 'lease: replay', path: '/lease/payments', keys: () => ({ kind: 'cycle', keys: keys.lease }) },
+      { name: 'transactional: replay', path: '/tx/payments', keys: () => ({ kind: 'cycle', keys: keys.tx }) },
+    ];
+    const bursts: Variant[] = [
+      { name: 'burst: wait (transactional)', path: '/tx/payments', keys: (r) => ({ kind: 'burst', prefix: `wait-${r}`, perKey: 50 }) },
+      { name: 'burst: reject (lease)', path: '/lease/payments', keys: (r) => ({ kind: 'burst', prefix: `reject-${r}`, perKey: 50 }) },
+    ];
+
+    log('warming up');
+    for (const variant of variants) await run(base, variant, 0, Math.min(settings.seconds, 2), settings.connections);
+    const rssAtStart = (await stats(base)).rss;
+
+    log('throughput, interleaved rounds');
+    const throughput = await interleaved(base, [...variants, ...bursts], settings.rounds, (variant) =>
+      bursts.includes(variant) ? settings.burstConnections : settings.connections,
+    );
+
+    log(`moderate load: ${settings.moderateRate} requests/s`);
+    const moderate = await interleaved(base, variants.slice(0, 3), settings.rounds, () => 8, settings.moderateRate);
+
+    log(`growth: ${settings.records.toLocaleString('en')} live records`);
+    await fill(dataSource, settings.records, 'live');
+    const grown = await interleaved(base, variants, Math.max(1, settings.rounds - 1), () => settings.connections);
+
+    log(`purge: ${settings.records.toLocaleString('en')} expired records, under moderate load`);
+    const purge = await purgeUnderLoad(base, dataSource, variants[1]);
+    const rssAtEnd = (await stats(base)).rss;
+
+    const results: BenchResults = {
+      quick,
+      settings,
+      durationSeconds: 0,
+      machine: await machine(dataSource),
+      throughput: compare(throughput),
+      moderate: compare(moderate),
+      grown: compare(grown),
+      purge,
+      rss: { start: rssAtStart, end: rssAtEnd },
+    };
+    results.durationSeconds = Math.round((Date.now() - started) / 1000);
+    const written = await writeReport(results);
+    log(`wrote ${written.join(', ')} in ${results.durationSeconds} s`);
+  } finally {
+    server.child.kill('SIGTERM');
+    await dataSource.destroy();
+    await adminQuery(serverUrl, `DROP DATABASE IF EXISTS ${name} WITH (FORCE)`).catch(() => {});
+    await stopDatabase();
+  }
+}
+
+/** Runs every variant once per round, in an order rotated each round: A B C, B C A, … */
+async function interleaved(
+  base: string,
+  variants: Variant[],
+  rounds: number,
+  connections: (variant: Variant) => number,
+  rate?: number,
+): Promise<Measurement[][]> {
+  const perRound: Measurement[][] = [];
+  for (let round = 0; round < rounds; round++) {
+    const results: Measurement[] = [];
+    for (let i = 0; i < variants.length; i++) {
+      const variant = variants[(i + round) % variants.length];
+      results.push(await run(base, variant, round + 1, settings.seconds, connections(variant), rate));
+    }
+    perRound.push(results);
+    log(`  round ${round + 1}: ` + results.map((m) => `${m.variant} ${Math.round(m.rps)}/s`).join(', '));
+  }
+  return perRound;
+}
+
+async function run(base: string, variant: Variant, round: number, seconds: number, connections: number, rate?: number) {
+  const keys = variant.keys(round);
+  const payments = async () => Number((await db.query('SELECT count(*) AS n FROM payments'))[0].n);
+  const before = keys.kind === 'burst' ? await payments() : 0;
+  const result = await measure({ variant: variant.name, base, path: variant.path, keys, connections, durationSeconds: seconds, rate });
+  if (keys.kind === 'burst') {
+    // Handler executions (one payment row each) per key used: 1 means every key ran once.
+    const [{ n }] = await db.query('SELECT count(*) AS n FROM idempotency_keys WHERE idempotency_key LIKE $1', [keys.prefix + '-%']);
+    result.executionsPerKey = ((await payments()) - before) / Math.max(1, Number(n));
+  }
+  return result;
+}
+
+/** Keys whose records are completed, for the replay variants. */
+async function completeKeys(base: string, path: string, prefix: string): Promise<string[]> {
+  const keys = Array.from({ length: REPLAY_KEYS }, (_, i) => `${prefix}-${i}`);
+  for (const key of keys) {
+    const response = await fetch(base + path, { method: 'POST', headers: { 'content-type': 'application/json', 'idempotency-key': key }, body: CHARGE });
+    if (response.status !== 201) throw new Error(`preparing ${key}: ${response.status} ${await response.text()}`);
+  }
+  return keys;
+}
+
+/**
+ * Bulk-loads records, as a long-running service accumulates them. The load runs with
+ * session_replication_role = replica, which skips the transition trigger: it inserts
+ * completed records directly instead of claiming and completing each.
+ */
+async function fill(dataSource: DataSource, count: number, kind: 'live' | 'expired'): Promise<void> {
+  const expires = kind === 'live' ? "now() + interval '1 day'" : "now() - interval '1 minute'";
+  const runner = dataSource.createQueryRunner();
+  try {
+    await runner.startTransaction();
+    await runner.query('SET LOCAL session_replication_role = replica');
+    await runner.query(
+      `INSERT INTO idempotency_keys (scope, method, route, idempotency_key, fingerprint, status, response, completed_at, expires_at)
+       SELECT 'user-' || (i % 5000), 'POST', '/lease/payments', md5($1 || i), md5(i::text), 'completed',
+              '{"status":201,"headers":{},"kind":"json","body":"{\\"id\\":1}"}', now(), ${expires}
+       FROM generate_series(1, $2::int) AS i`,
+      [kind, count],
+    );
+    await runner.commitTransaction();
+  } finally {
+    await runner.release();
+  }
+  await dataSource.query('VACUUM ANALYZE idempotency_keys');
+}
+
+/** Purges expired records with the library's own batched purge while live requests run. */
+async function purgeUnderLoad(base: string, dataSource: DataSource, live: Variant): Promise<BenchResults['purge']> {
+  const calm = await run(base, live, 0, settings.seconds, 8, settings.moderateRate);
+  await fill(dataSource, settings.records, 'expired');
+  const store = new PostgresIdempotencyStore(dataSource);
+  const batchSize = 1000;
+  const started = Date.now();
+  let purged: number | undefined;
+  const purging = store.purgeExpired({ batchSize }).then((n) => (purged = n));
+  const during: Measurement[] = [];
+  while (purged === undefined) during.push(await run(base, live, 0, 2, 8, settings.moderateRate));
+  await purging;
+  return {
+    records: purged,
+    batchSize,
+    seconds: (Date.now() - started) / 1000,
+    calmMaxMs: calm.max,
+    calmP99Ms: calm.p99,
+    duringMaxMs: Math.max(...during.map((m) => m.max)),
+    duringP99Ms: Math.max(...during.map((m) => m.p99)),
+    duringErrors: during.reduce((sum, m) => sum + m.errors + (m.requests - (m.statuses['201'] ?? 0)), 0),
+  };
+}
+
+async function machine(dataSource: DataSource): Promise<BenchResults['machine']> {
+  const os = await import('node:os');
+  const [{ version }] = await dataSource.query('SHOW server_version');
+  return {
+    cpu: os.cpus()[0]?.model ?? 'unknown',
+    cores: os.cpus().length,
+    memoryGiB: Math.round(os.totalmem() / 2 ** 30),
+    node: process.version,
+    postgres: version,
+    date: new Date().toISOString().slice(0, 10),
+  };
+}
+
+async function database(): Promise<{ serverUrl: string; stopDatabase: () => Promise<void> }> {
+  if (process.env.DATABASE_URL) return { serverUrl: process.env.DATABASE_URL, stopDatabase: async () => {} };
+  const embedded = await startEmbeddedDatabase('.data/bench-postgres', Number(process.env.EMBEDDED_POSTGRES_BENCH_PORT ?? 54331));
+  log('DATABASE_URL is unset: using an embedded PostgreSQL (.data/bench-postgres)');
+  return { serverUrl: embedded.url, stopDatabase: embedded.stop };
+}
+
+function withDatabase(serverUrl: string, name: string): string {
+  const url = new URL(serverUrl);
+  url.pathname = '/' + name;
+  return url.toString();
+}
+
+async function adminQuery(serverUrl: string, sql: string): Promise<void> {
+  const client = new pg.Client({ connectionString: serverUrl });
+  await client.connect();
+  try {
+    await client.query(sql);
+  } finally {
+    await client.end();
+  }
+}
+
+async function startServer(url: string): Promise<{ url: string; child: ChildProcess }> {
+  const child = spawn(process.execPath, [SERVER], { env: { ...process.env, DATABASE_URL: url }, stdio: ['ignore', 'pipe', 'inherit'] });
+  const port = await new Promise<number>((resolve, reject) => {
+    let output = '';
+    child.stdout!.on('data', (chunk: Buffer) => {
+      output += chunk.toString();
+      const match = /listening on port (\d+)/.exec(output);
+      if (match) resolve(Number(match[1]));
+    });
+    child.once('exit', (code) => reject(new Error(`bench server exited with ${code}: ${output}`)));
+  });
+  return { url: `http://127.0.0.1:${port}`, child };
+}
+
+function log(message: string): void {
+  console.log(`[bench] ${message}`);
+}
+
+main().catch((error) => {
+  console.error(error);
+  process.exit(1);
+});
