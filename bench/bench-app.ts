@@ -9,8 +9,8 @@ interface Charge {
   currency: string;
 }
 
-/** Counters the bench server exposes; set by server.ts. */
-export const benchCounters = { queries: 0 };
+/** Counters the bench server exposes: SQL round trips (server.ts) and requests answered. */
+export const benchCounters = { queries: 0, requests: 0 };
 
 /**
  * One payment handler behind three routes: without the library (the baseline), in lease
@@ -42,7 +42,8 @@ class BenchController {
   @Get('__bench/stats')
   stats() {
     const cpu = process.cpuUsage();
-    return { cpuMicros: cpu.user + cpu.system, rss: process.memoryUsage().rss, queries: benchCounters.queries };
+    const { queries, requests } = benchCounters;
+    return { cpuMicros: cpu.user + cpu.system, rss: process.memoryUsage().rss, queries, requests };
   }
 
   private async charge(manager: EntityManager, body: Charge) {

@@ -5,6 +5,8 @@ export interface Stats {
   cpuMicros: number;
   rss: number;
   queries: number;
+  /** Requests the app has answered. */
+  requests: number;
 }
 
 export interface Measurement {
@@ -44,6 +46,8 @@ export interface LoadOptions {
 }
 
 export const CHARGE = JSON.stringify({ amount: 1000, currency: 'EUR' });
+
+const ratio = (part: number, whole: number) => (whole ? part / whole : 0);
 
 export async function stats(base: string): Promise<Stats> {
   return (await fetch(base + '/__bench/stats')).json() as Promise<Stats>;
@@ -99,8 +103,7 @@ export async function measure(options: LoadOptions): Promise<Measurement> {
     p99: result.latency.p99,
     max: result.latency.max,
     cpuPerRequest: requests ? (after.cpuMicros - before.cpuMicros) / requests : 0,
-    // The stats request itself is one HTTP request without SQL; nothing to subtract.
-    queriesPerRequest: requests ? (after.queries - before.queries) / requests : 0,
+    queriesPerRequest: ratio(after.queries - before.queries, after.requests - before.requests),
     statuses,
     errors: result.errors + result.timeouts,
   };

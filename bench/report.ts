@@ -131,7 +131,7 @@ ${throughputTable(results.throughput)}
 SQL round trips are counted by wrapping the driver in the app process (\`bench/server.ts\`); "added" is the
 difference to the baseline, whose \`save()\` costs three (BEGIN, INSERT, COMMIT).
 
-## Latency at moderate load (${s.moderateRate} requests/s, 8 connections)
+## Latency at moderate load (${s.moderateRate} requests/s, 4 connections)
 
 | variant | p50 ms | p99 ms | p99 added to the baseline's, ms |
 | --- | ---: | ---: | ---: |

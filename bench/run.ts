@@ -16,13 +16,15 @@ import { type BenchResults, compare, writeReport } from './report.js';
  */
 const quick = process.argv.includes('--quick');
 const settings = quick
-  ? { rounds: 2, seconds: 2, connections: 32, burstConnections: 50, records: 100_000, moderateRate: 200 }
-  : { rounds: 3, seconds: 6, connections: 32, burstConnections: 50, records: 1_000_000, moderateRate: 300 };
+  ? { rounds: 2, seconds: 2, connections: 32, burstConnections: 50, records: 100_000, moderateRate: 100 }
+  : { rounds: 3, seconds: 6, connections: 32, burstConnections: 50, records: 1_000_000, moderateRate: 100 };
 
 let db: DataSource;
 
 const SERVER = fileURLToPath(new URL('./server.js', import.meta.url));
 const REPLAY_KEYS = 200;
+/** Moderate load: few connections at a fixed rate, so latency shows cost, not queueing. */
+const MODERATE_CONNECTIONS = 4;
 
 interface Variant {
   name: string;
@@ -71,7 +73,7 @@ async function main(): Promise<void> {
     );
 
     log(`moderate load: ${settings.moderateRate} requests/s`);
-    const moderate = await interleaved(base, variants.slice(0, 3), settings.rounds, () => 8, settings.moderateRate);
+    const moderate = await interleaved(base, variants.slice(0, 3), settings.rounds, () => MODERATE_CONNECTIONS, settings.moderateRate);
 
     log(`growth: ${settings.records.toLocaleString('en')} live records`);
     await fill(dataSource, settings.records, 'live');
@@ -174,7 +176,7 @@ async function fill(dataSource: DataSource, count: number, kind: 'live' | 'expir
 
 /** Purges expired records with the library's own batched purge while live requests run. */
 async function purgeUnderLoad(base: string, dataSource: DataSource, live: Variant): Promise<BenchResults['purge']> {
-  const calm = await run(base, live, 0, settings.seconds, 8, settings.moderateRate);
+  const calm = await run(base, live, 0, settings.seconds, MODERATE_CONNECTIONS, settings.moderateRate);
   await fill(dataSource, settings.records, 'expired');
   const store = new PostgresIdempotencyStore(dataSource);
   const batchSize = 1000;
@@ -182,7 +184,7 @@ async function purgeUnderLoad(base: string, dataSource: DataSource, live: Varian
   let purged: number | undefined;
   const purging = store.purgeExpired({ batchSize }).then((n) => (purged = n));
   const during: Measurement[] = [];
-  while (purged === undefined) during.push(await run(base, live, 0, 2, 8, settings.moderateRate));
+  while (purged === undefined) during.push(await run(base, live, 0, 2, MODERATE_CONNECTIONS, settings.moderateRate));
   await purging;
   return {
     records: purged,
@@ -198,7 +200,7 @@ async function purgeUnderLoad(base: string, dataSource: DataSource, live: Varian
 
 async function machine(dataSource: DataSource): Promise<BenchResults['machine']> {
   const os = await import('node:os');
-  const [{ version }] = await dataSource.query('SHOW server_version');
+  const [{ server_version: version }] = await dataSource.query('SHOW server_version');
   return {
     cpu: os.cpus()[0]?.model ?? 'unknown',
     cores: os.cpus().length,

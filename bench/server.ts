@@ -15,6 +15,12 @@ async function main(): Promise<void> {
   const url = process.env.DATABASE_URL;
   if (!url) throw new Error('DATABASE_URL is required');
   const app = await NestFactory.create(BenchModule.forRoot(url), { logger: ['error', 'warn'] });
+  // Requests are counted where the queries are, so that requests still in flight when a
+  // run ends weigh on neither side of "round trips per request".
+  app.use((request: { url: string }, response: { once(event: string, done: () => void): void }, next: () => void) => {
+    if (!request.url.startsWith('/__bench')) response.once('finish', () => benchCounters.requests++);
+    next();
+  });
   await app.listen(0, '127.0.0.1');
   const address = app.getHttpServer().address();
   console.log(`listening on port ${address.port}`);

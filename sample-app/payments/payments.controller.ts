@@ -75,6 +75,11 @@ export class PaymentsController {
     };
   }
 
+  /**
+   * Stands in for the payment provider's API. A real call happens outside any database
+   * transaction, so it must be idempotent itself: pass the caller's scope and key on as the
+   * provider's own idempotency key, and a retry after a crash asks for the same charge.
+   */
   private async callProvider(): Promise<void> {
     if (this.config.providerLatencyMs > 0) await sleep(this.config.providerLatencyMs);
   }
