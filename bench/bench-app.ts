@@ -2,7 +2,7 @@ import { Body, Controller, type DynamicModule, Get, Module, Post } from '@nestjs
 import { TypeOrmModule } from '@nestjs/typeorm';
 import { DataSource, type EntityManager } from 'typeorm';
 import { Idempotent, IdempotencyModule, IdempotentManager } from '../lib/index.js';
-import { Payment } from '../sample-app/payments/payment.entity.js';
+import { Payment, paymentView } from '../sample-app/payments/payment.entity.js';
 
 interface Charge {
   amount: number;
@@ -51,13 +51,7 @@ class BenchController {
     const payment = await payments.save(
       payments.create({ userId: 'bench', amount: body.amount, currency: body.currency, cardLast4: null, status: 'succeeded' }),
     );
-    return {
-      id: payment.id,
-      amount: payment.amount,
-      currency: payment.currency,
-      status: payment.status,
-      createdAt: payment.createdAt.toISOString(),
-    };
+    return paymentView(payment);
   }
 }
 

@@ -145,7 +145,7 @@ ${growth.join('\n')}
 
 ## Purge of ${purge.records.toLocaleString('en')} expired records under live load
 
-The library's \`purgeExpired({ batchSize: ${purge.batchSize} })\` ran from another process while "lease: first" requests
+The library's \`purgeExpired({ batchSize: ${purge.batchSize} })\` (with its default 10 ms pause between batches) ran from another process while "lease: first" requests
 arrived at ${s.moderateRate}/s: it took ${fixed(purge.seconds, 1)} s. Longest live request during the purge:
 **${fixed(purge.duringMaxMs, 1)} ms** (p99 of the worst 2 s window ${fixed(purge.duringP99Ms, 1)} ms), against ${fixed(purge.calmMaxMs, 1)} ms
 (p99 ${fixed(purge.calmP99Ms, 1)} ms) without a purge; failed live requests during the purge: ${purge.duringErrors}.

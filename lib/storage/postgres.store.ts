@@ -1,3 +1,4 @@
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { DataSource, EntityManager, QueryRunner } from 'typeorm';
 import {
   decideClaim,
@@ -235,9 +236,10 @@ export class PostgresIdempotencyStore extends IdempotencyStore {
   }
 
   async purgeExpired(options: PurgeOptions = {}): Promise<number> {
-    const { batchSize, maxBatches } = purgeLimits(options);
+    const { batchSize, maxBatches, pauseMs } = purgeLimits(options);
     let total = 0;
     for (let batch = 0; batch < maxBatches; batch++) {
+      if (batch > 0 && pauseMs > 0) await sleep(pauseMs);
       const { rowCount } = await this.pool.query(SQL_PURGE_BATCH, [batchSize]);
       total += rowCount ?? 0;
       if ((rowCount ?? 0) < batchSize) break;

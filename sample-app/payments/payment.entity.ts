@@ -26,3 +26,14 @@ export class Payment {
   @CreateDateColumn({ name: 'created_at', type: 'timestamptz' })
   createdAt!: Date;
 }
+
+/** A payment as the API returns it. */
+export function paymentView(payment: Payment) {
+  return {
+    id: payment.id,
+    amount: payment.amount,
+    currency: payment.currency,
+    status: payment.status,
+    createdAt: payment.createdAt.toISOString(),
+  };
+}

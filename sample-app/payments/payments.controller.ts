@@ -5,7 +5,7 @@ import { Idempotent, IdempotentManager } from '../../lib/index.js';
 import { CallerGuard, CallerId } from '../caller.guard.js';
 import { SAMPLE_CONFIG, type SampleConfig } from '../config.js';
 import { type CreatePayment, CreatePaymentPipe } from './create-payment.pipe.js';
-import { Payment } from './payment.entity.js';
+import { Payment, paymentView } from './payment.entity.js';
 
 /** Test cards, as payment providers document them. */
 export const DECLINED_CARD = '4000000000000002';
@@ -66,13 +66,7 @@ export class PaymentsController {
       }),
     );
     await this.callProvider();
-    return {
-      id: payment.id,
-      amount: payment.amount,
-      currency: payment.currency,
-      status: payment.status,
-      createdAt: payment.createdAt.toISOString(),
-    };
+    return paymentView(payment);
   }
 
   /**
