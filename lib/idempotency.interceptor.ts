@@ -10,7 +10,8 @@ import { from, lastValueFrom, mergeAll, type Observable, of } from 'rxjs';
 import { IdempotencyError } from './errors.js';
 import { type IdempotentRoute, IdempotentRoutes } from './idempotent-routes.js';
 import { runInTransaction } from './idempotent-transaction.js';
-import { type Execution, IdempotencyService, type IncomingRequest } from './idempotency.service.js';
+import type { Execution } from './execution.js';
+import { IdempotencyService, type IncomingRequest } from './idempotency.service.js';
 import type { StoredResponse } from './record.js';
 import { captureError, captureResult, replayValue } from './stored-response.js';
 

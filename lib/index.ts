@@ -2,7 +2,8 @@
 export { IdempotencyModule } from './idempotency.module.js';
 export { Idempotent, IDEMPOTENT_METADATA } from './idempotent.decorator.js';
 export { IdempotentManager, IdempotentTransaction } from './idempotent-transaction.js';
-export { IdempotencyService, type Outcome } from './idempotency.service.js';
+export { IdempotencyService } from './idempotency.service.js';
+export type { Outcome } from './execution.js';
 export { IdempotencyInterceptor, REPLAYED_HEADER } from './idempotency.interceptor.js';
 export { IdempotencyExceptionFilter } from './idempotency.filter.js';
 export {
