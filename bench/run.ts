@@ -16,7 +16,7 @@ import { type BenchResults, compare, writeReport } from './report.js';
  */
 const quick = process.argv.includes('--quick');
 const settings = quick
-  ? { rounds: 2, seconds: 2, connections: 32, burstConnections: 50, records: 100_000, moderateRate: 100 }
+  ? { rounds: 2, seconds: 2, connections: 32, burstConnections: 50, records: 50_000, moderateRate: 100 }
   : { rounds: 3, seconds: 6, connections: 32, burstConnections: 50, records: 1_000_000, moderateRate: 100 };
 
 let db: DataSource;
@@ -73,7 +73,7 @@ async function main(): Promise<void> {
     );
 
     log(`moderate load: ${settings.moderateRate} requests/s`);
-    const moderate = await interleaved(base, variants.slice(0, 3), settings.rounds, () => MODERATE_CONNECTIONS, settings.moderateRate);
+    const moderate = await interleaved(base, variants.slice(0, 3), quick ? 1 : settings.rounds, () => MODERATE_CONNECTIONS, settings.moderateRate);
 
     log(`growth: ${settings.records.toLocaleString('en')} live records`);
     await fill(dataSource, settings.records, 'live');
