@@ -4,8 +4,8 @@ import { randomBytes } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { DataSource } from 'typeorm';
-import { idempotencyMigrations, PostgresIdempotencyStore } from '../lib/index.js';
-import { CreateSampleTables1764288000001 } from '../sample-app/migrations/1764288000001-create-sample-tables.js';
+import { PostgresIdempotencyStore } from '../lib/index.js';
+import { sampleMigrations } from '../sample-app/migrations/index.js';
 import { startEmbeddedDatabase } from '../sample-app/embedded-database.js';
 import { CHARGE, type KeyPlan, type Measurement, measure, stats } from './load.js';
 import { type BenchResults, compare, writeReport } from './report.js';
@@ -41,7 +41,7 @@ async function main(): Promise<void> {
   const dataSource = new DataSource({
     type: 'postgres',
     url,
-    migrations: [...idempotencyMigrations, CreateSampleTables1764288000001],
+    migrations: sampleMigrations,
   });
   await dataSource.initialize();
   await dataSource.runMigrations();

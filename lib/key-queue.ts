@@ -33,11 +33,6 @@ export class KeyQueue {
     }
     return release;
   }
-
-  /** Keys with requests in the queue (for tests). */
-  get size(): number {
-    return this.tails.size;
-  }
 }
 
 function settlesBefore(promise: Promise<void>, deadline: number): Promise<boolean> {

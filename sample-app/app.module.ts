@@ -1,13 +1,13 @@
 import { type DynamicModule, Module } from '@nestjs/common';
 import { APP_FILTER } from '@nestjs/core';
 import { TypeOrmModule } from '@nestjs/typeorm';
-import { IdempotencyModule, idempotencyMigrations } from '../lib/index.js';
+import { IdempotencyModule } from '../lib/index.js';
 import { callerOf } from './caller.guard.js';
 import { SAMPLE_CONFIG, type SampleConfig } from './config.js';
 import { Email } from './emails/email.entity.js';
 import { EmailsController } from './emails/emails.controller.js';
 import { HealthController } from './health.controller.js';
-import { CreateSampleTables1764288000001 } from './migrations/1764288000001-create-sample-tables.js';
+import { sampleMigrations } from './migrations/index.js';
 import { PaymentIntentsController } from './payment-intents.controller.js';
 import { Payment } from './payments/payment.entity.js';
 import { PaymentsController } from './payments/payments.controller.js';
@@ -24,7 +24,7 @@ export class AppModule {
           url: config.databaseUrl,
           entities: [Payment, Email],
           // The library's migration is added like any other of the application's.
-          migrations: [...idempotencyMigrations, CreateSampleTables1764288000001],
+          migrations: sampleMigrations,
           migrationsRun: true,
           synchronize: false,
           retryAttempts: 3,

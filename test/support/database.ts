@@ -1,8 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import pg from 'pg';
 import { DataSource } from 'typeorm';
-import { idempotencyMigrations } from '../../lib/index.js';
-import { CreateSampleTables1764288000001 } from '../../sample-app/migrations/1764288000001-create-sample-tables.js';
+import { sampleMigrations } from '../../sample-app/migrations/index.js';
 
 export interface TestDatabase {
   name: string;
@@ -37,7 +36,7 @@ export async function createTestDatabase({ migrate = true } = {}): Promise<TestD
     const migrator = new DataSource({
       type: 'postgres',
       url,
-      migrations: [...idempotencyMigrations, CreateSampleTables1764288000001],
+      migrations: sampleMigrations,
     });
     await migrator.initialize();
     await migrator.runMigrations();
