@@ -113,3 +113,36 @@ export class ResponseNotReplayableError extends IdempotencyError {
     );
   }
 }
+
+/**
+ * The scope resolver gave no usable identity for the caller (nothing, an empty or a
+ * non-string value, or it threw): keys cannot be kept apart per caller, so nothing runs
+ * and nothing is stored. A server-side fault, not the client's: 500, with the cause in the log.
+ */
+export class UnresolvedScopeError extends IdempotencyError {
+  constructor() {
+    super(
+      'scope-unresolved',
+      'Caller identity unavailable',
+      HttpStatus.INTERNAL_SERVER_ERROR,
+      'The server could not determine whose idempotency key this is, so the request was not processed.',
+    );
+  }
+}
+
+/**
+ * The request has a body that no body parser read (for example text/plain on Express
+ * without a text parser): it cannot be compared with a retry's body, so it is refused
+ * rather than fingerprinted as empty, which would let a different payload replay this one.
+ */
+export class UnparsedBodyError extends IdempotencyError {
+  constructor(contentType: string) {
+    super(
+      'unparsed-body',
+      'Request body not readable',
+      HttpStatus.UNSUPPORTED_MEDIA_TYPE,
+      `The ${contentType ? `${contentType} ` : ''}body of this request was not parsed by the server, so this ` +
+        'idempotent operation cannot accept it.',
+    );
+  }
+}

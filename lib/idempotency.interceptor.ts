@@ -8,18 +8,22 @@ import {
 import { HttpAdapterHost } from '@nestjs/core';
 import { from, lastValueFrom, mergeAll, type Observable, of } from 'rxjs';
 import { IdempotencyError } from './errors.js';
-import { type IdempotentRoute, IdempotentRoutes } from './idempotent-routes.js';
-import { runInTransaction } from './idempotent-transaction.js';
 import type { Execution } from './execution.js';
-import { IdempotencyService, type IncomingRequest } from './idempotency.service.js';
+import { fingerprintParts, type IncomingRequest, readKey, resolveScope } from './http-request.js';
+import { type IdempotentRoute, IdempotentRoutes, servedRoute } from './idempotent-routes.js';
+import { runInTransaction } from './idempotent-transaction.js';
+import { IdempotencyService } from './idempotency.service.js';
 import type { StoredResponse } from './record.js';
 import { captureError, captureResult, replayValue } from './stored-response.js';
 
 /** The de-facto replay marker (Stripe and others); the draft defines none. */
 export const REPLAYED_HEADER = 'Idempotent-Replayed';
 
-/** Set by @nestjs/core 12.2+ on a request whose pipes rejected it (its handler did not run). */
+/** Set by @nestjs/core 11.2.8+ and 12.3+ on a request whose pipes rejected it (its handler did not run). */
 const REJECTED_BY_PIPES = Symbol.for('nestjs:rejected-by-pipes');
+
+/** Requests that must not change state (RFC 9110 §9.2.1): never claimed, even under a class-wide @Idempotent(). */
+const SAFE_METHODS = new Set(['GET', 'HEAD', 'OPTIONS']);
 
 /**
  * The HTTP mapping: request in, stored response out. Registered globally by
@@ -36,11 +40,16 @@ export class IdempotencyInterceptor implements NestInterceptor {
   ) {}
 
   intercept(context: ExecutionContext, next: CallHandler): Observable<unknown> {
-    if (context.getType() !== 'http') return next.handle();
     const route = this.routes.of(context.getClass(), context.getHandler());
     if (!route) return next.handle();
+    if (context.getType() !== 'http') {
+      // Refused at start-up already; should one get here anyway, it must not run unguarded.
+      throw new Error(`@Idempotent() on ${context.getClass().name}.${context.getHandler().name}: only HTTP routes are supported.`);
+    }
     const http = context.switchToHttp();
-    return from(this.handle(route, http.getRequest(), http.getResponse(), context, next)).pipe(mergeAll());
+    const request = http.getRequest<IncomingRequest>();
+    if (SAFE_METHODS.has(request.method)) return next.handle();
+    return from(this.handle(route, request, http.getResponse(), context, next)).pipe(mergeAll());
   }
 
   /**
@@ -56,10 +65,15 @@ export class IdempotencyInterceptor implements NestInterceptor {
     next: CallHandler,
   ): Promise<Observable<unknown>> {
     try {
-      const outcome = await this.service.begin(route, request, context);
+      const { options } = route;
+      // The key first: a request without one is a 400 whatever the scope resolver would do.
+      const key = readKey(request, route.keyHeader, options);
+      if (key === undefined) return next.handle();
+      const path = servedRoute(route, request);
+      const scope = await resolveScope(options, request, context, `${request.method} ${path}`);
+      const parts = fingerprintParts(request, options);
+      const outcome = await this.service.begin(options, { scope, method: request.method, route: path, key }, parts);
       switch (outcome.kind) {
-        case 'bypass':
-          return next.handle();
         case 'replay':
           return of(this.replay(outcome.response, response));
         case 'execute':
@@ -78,22 +92,13 @@ export class IdempotencyInterceptor implements NestInterceptor {
       const handled = () => lastValueFrom(next.handle());
       result = await (transaction ? runInTransaction(transaction, handled) : handled());
     } catch (error) {
-      let stored;
-      try {
+      throw await this.service.fail(execution, error, () => {
         const handlerRan = !(request as Record<symbol, unknown>)[REJECTED_BY_PIPES];
         if (handlerRan && error instanceof HttpException && options.storeErrors(error.getStatus(), error)) {
-          stored = captureError(error, this.replayHeaders(execution, response));
+          return captureError(error, this.replayHeaders(execution, response));
         }
-      } finally {
-        // Whatever the policy or the capture threw, the claim is settled: stored, or released.
-        if (stored) {
-          // Transactional mode: the error is the answer, so the handler's writes are undone.
-          await this.service.completeDiscardingWrites(execution, stored);
-        } else {
-          await this.service.release(execution);
-        }
-      }
-      throw error;
+        return undefined;
+      });
     }
     let captured;
     try {
@@ -107,8 +112,8 @@ export class IdempotencyInterceptor implements NestInterceptor {
       await this.service.release(execution);
       throw error;
     }
-    await this.service.complete(execution, captured.stored);
-    return captured.result;
+    const instead = await this.service.complete(execution, captured.stored);
+    return instead ? this.replay(instead, response) : captured.result;
   }
 
   private replay(stored: StoredResponse, response: unknown): unknown {

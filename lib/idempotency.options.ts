@@ -1,4 +1,6 @@
 import type { ExecutionContext, HttpException, Type } from '@nestjs/common';
+import type { FingerprintSecret } from './fingerprint.js';
+import type { ResponseEncryptionKey } from './response-cipher.js';
 import type { IdempotencyStore } from './storage/idempotency.store.js';
 
 /** What a duplicate that arrives while the first request is still running receives. */
@@ -8,7 +10,11 @@ export type ConcurrencyMode =
   /** Wait for the first request and answer with its stored response; 409 after `waitTimeoutMs`. */
   | 'wait';
 
-/** Resolves the caller's identity, the scope in which keys are unique. */
+/**
+ * Resolves the caller's identity, the scope in which keys are unique: a non-empty string.
+ * Anything else (nothing, '', a number) refuses the request with a 500 problem, never a
+ * shared scope. Throw an HttpException (e.g. UnauthorizedException) to answer with it.
+ */
 export type ScopeResolver = (request: any, context: ExecutionContext) => string | Promise<string>;
 
 /** Decides whether a thrown HttpException is a final answer to store and replay. */
@@ -96,8 +102,9 @@ export interface IdempotencyModuleOptions extends IdempotentRouteOptions {
   maxKeyLength?: number;
   /**
    * The caller's identity: keys are unique per (scope, method, route, key), so one
-   * caller can never receive another's stored response. Return '' for anonymous callers.
-   * @default `request.user.id ?? .sub ?? .userId`; '' without `request.user`; an error when `request.user` has none of them
+   * caller can never receive another's stored response. Must return a non-empty string;
+   * for a public API whose callers deliberately share one key space, return a constant.
+   * @default `request.user.id ?? .sub ?? .userId`; refuses requests without `request.user` or without any of those ids
    */
   scope?: ScopeResolver;
   /**
@@ -112,6 +119,21 @@ export interface IdempotencyModuleOptions extends IdempotentRouteOptions {
    * @default false
    */
   purgeIntervalMs?: number | false;
+  /**
+   * Secret for the request fingerprints (HMAC-SHA-256), so that stored fingerprints reveal
+   * nothing of the payloads. A list rotates: the first secret fingerprints new requests,
+   * the others are still recognised on records written under them (keep a retired secret
+   * in the list for one `ttlMs`).
+   * @default a random secret created once and kept in the `idempotency_settings` table (memory store: per process)
+   */
+  fingerprintSecret?: FingerprintSecret | readonly FingerprintSecret[];
+  /**
+   * Encrypt stored responses at rest with AES-256-GCM. The first key encrypts new records;
+   * every listed key decrypts the records written under its id, so keys rotate by adding
+   * a new one in front and dropping the old one once its records have expired.
+   * @default no encryption
+   */
+  encryptionKeys?: readonly ResponseEncryptionKey[];
 }
 
 /**
@@ -153,17 +175,23 @@ export const DEFAULT_REPLAY_HEADERS: readonly string[] = [
 
 /**
  * The authenticated principal's id (`id`, `sub` or `userId`: the shapes Passport and the
- * NestJS JWT recipes produce), or '' when the request carries no principal at all. A
- * principal without a recognisable id is an error, never the shared anonymous scope:
- * otherwise every user would share one scope and could read each other's responses.
+ * NestJS JWT recipes produce). Without a principal, or with one that has no recognisable
+ * id, the request is refused rather than put in a shared anonymous scope: there, any
+ * caller who learns or guesses another's key would receive that caller's response.
  */
 const defaultScope: ScopeResolver = (request) => {
   const user = request?.user;
-  if (user === undefined || user === null) return '';
+  if (user === undefined || user === null) {
+    throw new Error(
+      'the request has no authenticated principal (request.user), and the default scope refuses anonymous ' +
+        'callers so that they never share one key space. Authenticate the route (a guard that sets request.user), ' +
+        'or set the "scope" option (e.g. scope: (request) => request.headers["x-api-key-id"]).',
+    );
+  }
   const id = user.id ?? user.sub ?? user.userId;
   if (id === undefined || id === null || id === '') {
     throw new Error(
-      'IdempotencyModule: request.user has no id, sub or userId, so the caller cannot be told apart; ' +
+      'request.user has no id, sub or userId, so the caller cannot be told apart; ' +
         'set the "scope" option to return the caller\'s identity.',
     );
   }
@@ -234,23 +262,32 @@ export function resolveRouteOptions(
   };
 }
 
-/** Longest key the table accepts: the key is part of a B-tree index entry, which has a size limit. */
-export const MAX_KEY_LENGTH = 1024;
+/** Longest delay a Node.js timer holds (larger ones fire at once), and the most PostgreSQL's lock_timeout takes. */
+export const MAX_TIMER_MS = 2 ** 31 - 1;
+
+/**
+ * The range of each numeric option: durations that feed a timer or lock_timeout stay within
+ * what those accept; the TTL within what PostgreSQL's timestamps can add (with room to spare).
+ */
+const NUMERIC_LIMITS = {
+  waitTimeoutMs: [1, MAX_TIMER_MS],
+  // A lease is renewed every third of it: below this, renewals would be a busy loop.
+  leaseMs: [30, MAX_TIMER_MS],
+  ttlMs: [1, 100 * 365 * 24 * 60 * 60 * 1000],
+  maxResponseBytes: [1, 2 ** 30],
+  maxKeyLength: [1, 1024],
+} as const;
 
 /** Rejects option values that cannot work, at start-up rather than on the first request. */
 export function validateOptions(options: ResolvedRouteOptions, where: string): void {
-  const positive = ['waitTimeoutMs', 'leaseMs', 'ttlMs', 'maxResponseBytes', 'maxKeyLength'] as const;
-  for (const name of positive) {
-    const value = options[name];
-    if (!Number.isFinite(value) || value <= 0) {
-      throw new Error(`IdempotencyModule: ${where}: "${name}" must be a positive number, got ${value}.`);
+  for (const [name, [min, max]] of Object.entries(NUMERIC_LIMITS)) {
+    const value = options[name as keyof typeof NUMERIC_LIMITS];
+    if (!Number.isInteger(value) || value < min || value > max) {
+      throw new Error(`IdempotencyModule: ${where}: "${name}" must be a whole number from ${min} to ${max}, got ${value}.`);
     }
   }
-  if (options.maxKeyLength > MAX_KEY_LENGTH) {
-    throw new Error(`IdempotencyModule: ${where}: "maxKeyLength" may be at most ${MAX_KEY_LENGTH} (index entry size).`);
-  }
-  if (!Number.isInteger(options.retryAfterSeconds) || options.retryAfterSeconds < 0) {
-    throw new Error(`IdempotencyModule: ${where}: "retryAfterSeconds" must be a whole number of seconds.`);
+  if (!Number.isInteger(options.retryAfterSeconds) || options.retryAfterSeconds < 0 || options.retryAfterSeconds > 86_400) {
+    throw new Error(`IdempotencyModule: ${where}: "retryAfterSeconds" must be a whole number of seconds up to a day.`);
   }
   for (const name of ['scope', 'storeErrors'] as const) {
     if (typeof options[name] !== 'function') {
@@ -262,5 +299,22 @@ export function validateOptions(options: ResolvedRouteOptions, where: string): v
   }
   if (!/^[A-Za-z0-9!#$%&'*+.^_`|~-]+$/.test(options.headerName)) {
     throw new Error(`IdempotencyModule: ${where}: "headerName" is not a valid header name.`);
+  }
+}
+
+/** Checks the options only the module has (the route options are checked per route). */
+export function validateModuleOptions(options: IdempotencyModuleOptions): void {
+  const interval = options.purgeIntervalMs;
+  if (interval !== undefined && interval !== false && (!Number.isInteger(interval) || interval < 1000 || interval > MAX_TIMER_MS)) {
+    throw new Error(
+      `IdempotencyModule: "purgeIntervalMs" must be false or a whole number from 1000 to ${MAX_TIMER_MS}, got ${interval}.`,
+    );
+  }
+  const secrets = options.fingerprintSecret === undefined ? [] : [options.fingerprintSecret].flat();
+  for (const secret of secrets) {
+    const length = Buffer.isBuffer(secret) ? secret.length : typeof secret === 'string' ? Buffer.byteLength(secret) : 0;
+    if (length < 16) {
+      throw new Error('IdempotencyModule: "fingerprintSecret" must be a string or Buffer of at least 16 bytes (better 32 random bytes).');
+    }
   }
 }

@@ -1,79 +1,64 @@
-import {
-  type ExecutionContext,
-  Inject,
-  Injectable,
-  Logger,
-  type OnApplicationShutdown,
-  type OnModuleInit,
-} from '@nestjs/common';
-import { randomUUID } from 'node:crypto';
+import { Inject, Injectable, Logger, type OnApplicationShutdown, type OnModuleInit } from '@nestjs/common';
+import { createHash, randomUUID } from 'node:crypto';
+import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
-import {
-  IdempotencyKeyReuseError,
-  IdempotencyStoreUnavailableError,
-  RequestInProgressError,
-} from './errors.js';
-import type { IdempotentRoute } from './idempotent-routes.js';
+import { IdempotencyKeyReuseError, IdempotencyStoreUnavailableError, RequestInProgressError } from './errors.js';
 import { Execution, type Outcome } from './execution.js';
+import { Fingerprinter, type FingerprintParts } from './fingerprint.js';
 import { KeyQueue } from './key-queue.js';
 import { MODULE_OPTIONS_TOKEN } from './idempotency.module-definition.js';
-import type { IdempotencyModuleOptions, ResolvedRouteOptions } from './idempotency.options.js';
-import {
-  decideClaim,
-  type IdempotencyRecord,
-  type ObservedRecord,
-  type RecordIdentity,
-  type StoredResponse,
-} from './record.js';
-import { fingerprintOf, parseIdempotencyKey, requireKey } from './request-identity.js';
-import {
-  type ClaimRequest,
-  IdempotencyStore,
-  type PurgeOptions,
-  type StoreTransaction,
-} from './storage/idempotency.store.js';
-
-/** The parts of an HTTP request the flow reads; Express and Fastify requests both have them. */
-export interface IncomingRequest {
-  method: string;
-  headers: Record<string, string | string[] | undefined>;
-  body?: unknown;
-  params?: Record<string, string>;
-  query?: unknown;
-}
+import { type IdempotencyModuleOptions, type ResolvedRouteOptions, validateModuleOptions } from './idempotency.options.js';
+import { decideClaim, type IdempotencyRecord, type ObservedRecord, type RecordIdentity, type StoredResponse } from './record.js';
+import { ResponseCipher } from './response-cipher.js';
+import { type ClaimRequest, IdempotencyStore, type PurgeOptions, type StoreTransaction } from './storage/idempotency.store.js';
 
 /** One request's claim attempt, before it is run or answered. */
 interface Attempt {
   identity: RecordIdentity;
-  fingerprint: string;
+  /** Under the current secret first, then under previous ones. */
+  fingerprints: string[];
   options: ResolvedRouteOptions;
   /** When a duplicate stops waiting (`'wait'`), or now (`'reject'`). */
   waitUntil: number;
+  /** When the request stops waiting for a pooled connection. */
+  acquireBy: number;
   leave: () => void;
 }
-
-const COMPLETE_RETRY_DELAYS_MS = [50, 250, 1000];
 
 /** PostgreSQL's lock_not_available: a lock_timeout ran out. */
 const LOCK_TIMEOUT = '55P03';
 
+/** Scopes longer than this are stored as their SHA-256, so that they fit the primary key's index entry. */
+const MAX_STORED_SCOPE_BYTES = 256;
+
 /**
  * The idempotency flow: claim, wait, replay, complete, release; plus purge and look-up.
- * It knows nothing of HTTP responses: the interceptor maps outcomes to replies.
+ * It knows nothing of HTTP: the interceptor maps requests onto it and outcomes to replies.
  */
 @Injectable()
 export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
   private readonly logger = new Logger('Idempotency');
   private readonly queue = new KeyQueue();
+  private readonly cipher: ResponseCipher;
+  private fingerprinter?: Fingerprinter;
   private purgeTimer?: NodeJS.Timeout;
+  private purging = false;
+  /** Lease-mode completions still being retried after the response was sent. */
+  private readonly pendingCompletions = new Set<Promise<void>>();
 
   constructor(
     private readonly store: IdempotencyStore,
     @Inject(MODULE_OPTIONS_TOKEN) private readonly moduleOptions: IdempotencyModuleOptions,
-  ) {}
+  ) {
+    validateModuleOptions(moduleOptions);
+    this.cipher = new ResponseCipher(moduleOptions.encryptionKeys);
+  }
 
   async onModuleInit(): Promise<void> {
     await this.store.verify();
+    const given = this.moduleOptions.fingerprintSecret;
+    const [current, ...previous] = given === undefined ? [await this.store.sharedSecret()] : [given].flat();
+    this.fingerprinter = new Fingerprinter(current, previous);
     const interval = this.moduleOptions.purgeIntervalMs;
     if (interval) {
       this.purgeTimer = setInterval(() => void this.purgeInBackground(), interval);
@@ -81,39 +66,24 @@ export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
     }
   }
 
-  onApplicationShutdown(): void {
+  async onApplicationShutdown(): Promise<void> {
     clearInterval(this.purgeTimer);
+    await Promise.allSettled(this.pendingCompletions);
   }
 
   /**
-   * Decides what a request gets: parses its key (400 if missing or malformed), and claims
-   * the record, waits for it (`concurrency: 'wait'`), or finds it completed. Throws 409,
-   * 422 or 503 problems.
+   * Decides what a request gets: claims the record, waits for it (`concurrency: 'wait'`),
+   * or finds it completed. Throws 409, 422 or 503 problems.
    */
-  async begin(route: IdempotentRoute, request: IncomingRequest, context: ExecutionContext): Promise<Outcome> {
-    const { options } = route;
-    const key = parseIdempotencyKey(request.headers[route.keyHeader], options.headerName, options.maxKeyLength);
-    if (key === undefined && !options.required) return { kind: 'bypass' };
-    const identity: RecordIdentity = {
-      scope: String(await options.scope(request, context)),
-      method: request.method,
-      route: route.pattern,
-      key: requireKey(key, options.headerName),
-    };
-    const fingerprint = fingerprintOf({
-      body: request.body,
-      params: request.params && Object.keys(request.params).length ? request.params : undefined,
-      query: options.fingerprint.query ? request.query : undefined,
-      headers: options.fingerprint.headers.length
-        ? Object.fromEntries(options.fingerprint.headers.map((name) => [name, request.headers[name]]))
-        : undefined,
-    });
+  async begin(options: ResolvedRouteOptions, identity: RecordIdentity, parts: FingerprintParts): Promise<Outcome> {
+    identity = { ...identity, scope: storedScope(identity.scope) };
+    const fingerprints = this.fingerprinter!.of(parts);
+    const now = Date.now();
     const waiting = options.concurrency === 'wait';
-    const waitUntil = Date.now() + (waiting ? options.waitTimeoutMs : 0);
-    const leave = waiting
-      ? await this.queue.enter(JSON.stringify(identity), waitUntil, options.retryAfterSeconds)
-      : () => {};
-    const attempt: Attempt = { identity, fingerprint, options, waitUntil, leave };
+    const waitUntil = now + (waiting ? options.waitTimeoutMs : 0);
+    const acquireBy = now + options.waitTimeoutMs;
+    const leave = waiting ? await this.queue.enter(JSON.stringify(identity), waitUntil, options.retryAfterSeconds) : () => {};
+    const attempt: Attempt = { identity, fingerprints, options, waitUntil, acquireBy, leave };
     try {
       const outcome =
         (await this.answerFromCompleted(attempt)) ??
@@ -128,13 +98,11 @@ export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
 
   /**
    * Replays (and 422s) first, with one plain indexed read: a completed record needs no
-   * claim statement and no transaction. Measured on the bench, this read answers a replay
-   * about twice as fast as the claim statement does, and it holds no pooled connection
-   * beyond the query, which matters most in a retry storm. A first execution pays it as
-   * one extra read.
+   * claim statement and no transaction, and holds no pooled connection beyond the query,
+   * which matters most in a retry storm. A first execution pays it as one extra read.
    */
   private async answerFromCompleted(attempt: Attempt): Promise<Outcome | undefined> {
-    const existing = await this.storeCall(() => this.store.find(attempt.identity));
+    const existing = await this.storeCall(() => this.store.find(attempt.identity, attempt.acquireBy));
     if (existing?.status !== 'completed') return undefined;
     return this.answerOrWait({ record: existing, expired: false, leaseLapsed: false }, attempt, 0);
   }
@@ -143,9 +111,11 @@ export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
   private async beginWithLease(attempt: Attempt): Promise<Outcome> {
     for (let round = 0; ; round++) {
       const request = this.claimRequest(attempt);
+      const claimedAt = performance.now();
       const claim = await this.storeCall(() => this.store.claim(request));
       if (claim.claimed) {
-        const execution = new Execution(attempt.identity, request.ownerToken, attempt.options, attempt.leave);
+        const { identity, options, leave } = attempt;
+        const execution = new Execution(identity, request.ownerToken, request.fingerprint, options, leave, claimedAt);
         execution.startHeartbeat(() => this.renew(execution));
         return { kind: 'execute', execution };
       }
@@ -163,7 +133,8 @@ export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
   private async beginInTransaction(attempt: Attempt): Promise<Outcome> {
     for (let round = 0; ; round++) {
       const request = this.claimRequest(attempt);
-      const transaction = await this.storeCall(() => this.store.openTransaction());
+      const transaction = await this.storeCall(() => this.store.openTransaction(attempt.acquireBy));
+      const claimedAt = performance.now();
       let observed: ObservedRecord;
       try {
         // 'reject': waitUntil is now, so the claim waits 1 ms at most for another owner.
@@ -171,7 +142,8 @@ export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
         if (claim.claimed) {
           await transaction.beginHandler();
           const { identity, options, leave } = attempt;
-          return { kind: 'execute', execution: new Execution(identity, request.ownerToken, options, leave, transaction) };
+          const execution = new Execution(identity, request.ownerToken, request.fingerprint, options, leave, claimedAt, transaction);
+          return { kind: 'execute', execution };
         }
         observed = claim.observed;
       } catch (error) {
@@ -190,9 +162,10 @@ export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
 
   /** Answers from a record someone else holds, or sleeps and returns nothing for another round. */
   private async answerOrWait(observed: ObservedRecord, attempt: Attempt, round: number): Promise<Outcome | undefined> {
-    const decision = decideClaim(observed, attempt.fingerprint);
+    const [fingerprint, ...previous] = attempt.fingerprints;
+    const decision = decideClaim(observed, fingerprint, previous);
     if (decision === 'mismatch') throw new IdempotencyKeyReuseError();
-    if (decision === 'replay') return { kind: 'replay', response: observed.record.response! };
+    if (decision === 'replay') return { kind: 'replay', response: this.open(observed.record) };
     const remaining = attempt.waitUntil - Date.now();
     if (remaining <= 0) throw new RequestInProgressError(attempt.options.retryAfterSeconds);
     await sleep(Math.min(remaining, backoff(round)));
@@ -200,58 +173,71 @@ export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
   }
 
   /**
-   * Stores the response of a finished execution.
+   * Stores the response of a finished execution. Returns a stored response to answer with
+   * instead of the handler's, in the one case where the handler's may not be the truth.
    *
-   * Lease mode: a store failure is retried briefly and then logged, not thrown: the
-   * handler's effect has happened, so its response is still the truth for this client.
-   * The record then stays in progress until its lease lapses.
+   * Lease mode: the handler's effect has happened, so its response is the truth for this
+   * client, and it is sent even if storing it fails; storing goes on in the background,
+   * with back-off, for as long as the lease is held (the heartbeat keeps it), so a
+   * database outage shorter than the lease never lets a retry run the handler again.
    *
-   * Transactional mode: the response commits with the handler's writes. If that fails,
-   * neither happened, and the client gets 503 (so it retries; nothing is left claimed).
+   * Transactional mode: the response commits with the handler's writes. If the commit
+   * fails, neither happened, and the client gets 503 (so it retries; nothing is left
+   * claimed), unless the record turns out to be completed after all (the connection broke
+   * after PostgreSQL committed): then the stored response is the answer.
    */
-  async complete(execution: Execution, response: StoredResponse): Promise<void> {
-    if (execution.transaction) return this.commit(execution, execution.transaction, response);
-    const { identity, ownerToken, options } = execution;
-    // The heartbeat goes on while completion is retried: the lease must not lapse meanwhile.
-    for (let attempt = 0; ; attempt++) {
-      try {
-        const completed = await this.store.complete(identity, ownerToken, response, options.ttlMs);
-        execution.finish();
-        if (!completed) {
-          this.logger.warn(
-            `${identity.method} ${identity.route}: the lease was lost before completion; ` +
-              'another request took the key over, so this response was not stored.',
-          );
-        }
-        return;
-      } catch (error) {
-        if (attempt >= COMPLETE_RETRY_DELAYS_MS.length) {
-          execution.finish();
-          this.logger.error(
-            `${identity.method} ${identity.route}: could not store the response; the key stays ` +
-              `in progress until its lease lapses: ${describe(error)}`,
-          );
-          return;
-        }
-        await sleep(COMPLETE_RETRY_DELAYS_MS[attempt]);
-      }
+  async complete(execution: Execution, response: StoredResponse): Promise<StoredResponse | undefined> {
+    const payload = this.cipher.seal(execution.identity, response);
+    if (execution.transaction) return this.commit(execution, execution.transaction, payload);
+    try {
+      await this.completeOnce(execution, payload);
+    } catch (error) {
+      this.logger.warn(`${where(execution)}: storing the response failed; retrying while the lease is held: ${describe(error)}`);
+      const retrying = this.keepCompleting(execution, payload).finally(() => this.pendingCompletions.delete(retrying));
+      this.pendingCompletions.add(retrying);
     }
+    return undefined;
   }
 
   /**
-   * Transactional mode, a stored (4xx) error: the handler's writes are discarded, the
-   * error response is stored, and both commit.
+   * The handler failed with `error`. Stores what `capture` makes of it (a final answer,
+   * e.g. a 4xx), or releases the key so that a retry runs again. Returns the error to
+   * throw: the handler's own, or 503 when the transaction's connection broke under it.
    */
-  async completeDiscardingWrites(execution: Execution, response: StoredResponse): Promise<void> {
-    const { transaction } = execution;
-    if (!transaction) return this.complete(execution, response);
-    try {
-      await transaction.discardHandlerWrites();
-    } catch (error) {
+  async fail(execution: Execution, error: unknown, capture: () => StoredResponse | undefined): Promise<unknown> {
+    if (execution.transaction?.lost) {
       await this.release(execution);
-      throw this.unavailable(error);
+      return this.unavailable(error);
     }
-    return this.commit(execution, transaction, response);
+    let stored: StoredResponse | undefined;
+    try {
+      stored = capture();
+    } catch (policyError) {
+      // The error policy (or the capture) threw: the handler's error is still the answer, and nothing is stored.
+      this.logger.error(`${where(execution)}: deciding whether to store the handler's error failed: ${describe(policyError)}`);
+    }
+    if (!stored) {
+      await this.release(execution);
+      return error;
+    }
+    const { transaction } = execution;
+    if (!transaction) {
+      await this.complete(execution, stored);
+      return error;
+    }
+    try {
+      // The error is the answer, so the handler's writes are undone; the claim stays.
+      await transaction.discardHandlerWrites();
+    } catch (discardError) {
+      await this.release(execution);
+      return this.unavailable(discardError);
+    }
+    try {
+      await this.commit(execution, transaction, this.cipher.seal(execution.identity, stored));
+    } catch (commitError) {
+      return commitError;
+    }
+    return error;
   }
 
   /** Frees the key of a failed execution so that a retry runs the handler again. */
@@ -260,18 +246,17 @@ export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
       if (execution.transaction) await execution.transaction.rollback();
       else await this.store.release(execution.identity, execution.ownerToken);
     } catch (error) {
-      this.logger.error(
-        `${execution.identity.method} ${execution.identity.route}: could not release the key; ` +
-          `it is free again once its lease lapses: ${describe(error)}`,
-      );
+      this.logger.error(`${where(execution)}: could not release the key; it is free again once its lease lapses: ${describe(error)}`);
     } finally {
       execution.finish();
     }
   }
 
   /** The live record of an identity (null when absent or expired), e.g. for support tooling. */
-  find(identity: RecordIdentity): Promise<IdempotencyRecord | null> {
-    return this.store.find(identity);
+  async find(identity: RecordIdentity): Promise<IdempotencyRecord | null> {
+    const scoped = { ...identity, scope: storedScope(identity.scope) };
+    const record = await this.store.find(scoped);
+    return record?.response ? { ...record, response: this.cipher.open(scoped, record.response) } : record;
   }
 
   /** Deletes expired records in bounded batches; returns how many were deleted. */
@@ -279,36 +264,95 @@ export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
     return this.store.purgeExpired(options);
   }
 
-  private async commit(execution: Execution, transaction: StoreTransaction, response: StoredResponse): Promise<void> {
+  private async completeOnce(execution: Execution, payload: ReturnType<ResponseCipher['seal']>): Promise<void> {
+    const { identity, ownerToken, options } = execution;
+    const completed = await this.store.complete(identity, ownerToken, payload, options.ttlMs);
+    execution.finish();
+    if (!completed) {
+      this.logger.warn(
+        `${where(execution)}: the lease was lost before completion; another request took the key over, so this response was not stored.`,
+      );
+    }
+  }
+
+  private async keepCompleting(execution: Execution, payload: ReturnType<ResponseCipher['seal']>): Promise<void> {
+    for (let attempt = 1; ; attempt++) {
+      const left = execution.leaseHeldUntil - performance.now();
+      if (left <= 0) break;
+      await sleep(Math.min(left, 100 * 2 ** Math.min(attempt - 1, 4)));
+      if (!execution.leaseHeld) break;
+      try {
+        await this.completeOnce(execution, payload);
+        this.logger.log(`${where(execution)}: the response was stored after ${attempt + 1} attempts.`);
+        return;
+      } catch {
+        // The store is still unreachable: try again while the lease lasts.
+      }
+    }
+    execution.finish();
+    this.logger.error(
+      `${where(execution)}: could not store the response before the lease ran out; the key stays in progress until ` +
+        'it lapses, and a retry after that runs the handler again.',
+    );
+  }
+
+  private async commit(
+    execution: Execution,
+    transaction: StoreTransaction,
+    payload: ReturnType<ResponseCipher['seal']>,
+  ): Promise<StoredResponse | undefined> {
     const { identity, ownerToken, options } = execution;
     try {
-      if (!(await transaction.complete(identity, ownerToken, response, options.ttlMs))) {
+      if (!(await transaction.complete(identity, ownerToken, payload, options.ttlMs))) {
         throw new Error('the claimed record was not found in its own transaction');
       }
       await transaction.commit();
+      return undefined;
     } catch (error) {
       await transaction.rollback();
+      // Committed after all? Then the stored response is this request's (or an equal one's) answer.
+      const stored = await this.store.find(identity, Date.now() + options.waitTimeoutMs).catch(() => null);
+      if (stored?.status === 'completed' && stored.fingerprint === execution.fingerprint) return this.open(stored);
       throw this.unavailable(error);
     } finally {
       execution.finish();
     }
   }
 
-  private claimRequest({ identity, fingerprint, options }: Attempt): ClaimRequest {
-    return { identity, fingerprint, ownerToken: randomUUID(), leaseMs: options.leaseMs, ttlMs: options.ttlMs };
+  private claimRequest({ identity, fingerprints: [fingerprint, ...previous], options, acquireBy }: Attempt): ClaimRequest {
+    return {
+      identity,
+      fingerprint,
+      acceptedFingerprints: previous,
+      ownerToken: randomUUID(),
+      leaseMs: options.leaseMs,
+      ttlMs: options.ttlMs,
+      deadline: acquireBy,
+    };
   }
 
-  private async renew(execution: Execution): Promise<void> {
+  /** The stored response of a completed record; 503 when it cannot be decrypted (a key missing from the options). */
+  private open(record: IdempotencyRecord): StoredResponse {
+    try {
+      return this.cipher.open(record, record.response!);
+    } catch (error) {
+      throw this.unavailable(error);
+    }
+  }
+
+  private async renew(execution: Execution): Promise<boolean> {
     const { identity, ownerToken, options } = execution;
     try {
       const renewed = await this.store.renew(identity, ownerToken, options.leaseMs);
       if (!renewed && !execution.finished) {
         execution.finish();
-        this.logger.warn(`${identity.method} ${identity.route}: the lease was lost while the handler ran.`);
+        this.logger.warn(`${where(execution)}: the lease was lost while the handler ran.`);
       }
+      return renewed;
     } catch (error) {
       // The next beat tries again; the lease is a third of the way from lapsing.
-      if (!execution.finished) this.logger.warn(`${identity.method} ${identity.route}: lease renewal failed: ${describe(error)}`);
+      if (!execution.finished) this.logger.warn(`${where(execution)}: lease renewal failed: ${describe(error)}`);
+      return false;
     }
   }
 
@@ -321,24 +365,43 @@ export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
   }
 
   private unavailable(error: unknown): IdempotencyStoreUnavailableError {
+    if (error instanceof IdempotencyStoreUnavailableError) return error;
     this.logger.error(`idempotency store unavailable: ${describe(error)}`);
     return new IdempotencyStoreUnavailableError(this.moduleOptions.retryAfterSeconds ?? 1);
   }
 
+  /** Timer-driven purges never overlap: a slow one makes the next tick skip. */
   private async purgeInBackground(): Promise<void> {
+    if (this.purging) return;
+    this.purging = true;
     try {
       const deleted = await this.purgeExpired();
       if (deleted > 0) this.logger.log(`purged ${deleted} expired idempotency records`);
     } catch (error) {
       this.logger.warn(`purge of expired records failed: ${describe(error)}`);
+    } finally {
+      this.purging = false;
     }
   }
+}
+
+/**
+ * The scope as stored: long ones (a 3000-character subject) as their SHA-256, since the
+ * record's identity is a primary key whose index entries have a size limit.
+ */
+export function storedScope(scope: string): string {
+  if (Buffer.byteLength(scope, 'utf8') <= MAX_STORED_SCOPE_BYTES) return scope;
+  return 'sha256:' + createHash('sha256').update(scope, 'utf8').digest('hex');
 }
 
 /** 20 ms doubling to 250 ms, with jitter so that waiters do not poll in lock-step. */
 function backoff(attempt: number): number {
   const base = Math.min(250, 20 * 2 ** attempt);
   return base / 2 + Math.random() * (base / 2);
+}
+
+function where({ identity }: Execution): string {
+  return `${identity.method} ${identity.route}`;
 }
 
 function describe(error: unknown): string {

@@ -1,11 +1,4 @@
 import { Inject, Injectable, type OnModuleInit, type Type } from '@nestjs/common';
-import {
-  PATH_METADATA,
-  RESPONSE_PASSTHROUGH_METADATA,
-  ROUTE_ARGS_METADATA,
-  SSE_METADATA,
-} from '@nestjs/common/constants.js';
-import { RouteParamtypes } from '@nestjs/common/enums/route-paramtypes.enum.js';
 import { DiscoveryService, MetadataScanner, Reflector } from '@nestjs/core';
 import { IDEMPOTENT_METADATA } from './idempotent.decorator.js';
 import { MODULE_OPTIONS_TOKEN } from './idempotency.module-definition.js';
@@ -16,25 +9,42 @@ import {
   resolveRouteOptions,
   validateOptions,
 } from './idempotency.options.js';
+import {
+  hostOf,
+  isHttpHandler,
+  isMessageHandler,
+  isServerSentEvents,
+  pathsOf,
+  safeMethodOf,
+  versionOf,
+  writesResponseItself,
+} from './route-metadata.js';
 import { routePattern } from './request-identity.js';
 import { IdempotencyStore } from './storage/idempotency.store.js';
 
-/** Everything the interceptor needs about one idempotent handler, computed once. */
+/** Everything the interceptor needs about one idempotent handler of one controller, computed once. */
 export interface IdempotentRoute {
   readonly options: ResolvedRouteOptions;
-  /** Route pattern stored in the record, e.g. `/payments`. */
-  readonly pattern: string;
-  /** Request header names to read, lower-case. */
+  /** The route from the decorators alone (controller path + method path), for platforms that do not say which route matched. */
+  readonly declaredPattern: string;
+  /** What tells apart handlers served on the same path: their host pattern and version. */
+  readonly qualifier: string;
+  /** Request header name to read, lower-case. */
   readonly keyHeader: string;
 }
 
 /**
  * Finds the `@Idempotent()` routes and their merged options. At start-up it checks every
- * one of them, so that a route that cannot be made idempotent fails the boot, not a request.
+ * decorated method of every controller and provider, so that a route that cannot be made
+ * idempotent fails the boot, not a request, and a decorated method the library does not
+ * guard is never left to run unguarded.
+ *
+ * Routes are looked up per (controller, handler): a method inherited by two controllers
+ * is one function but two routes.
  */
 @Injectable()
 export class IdempotentRoutes implements OnModuleInit {
-  private readonly cache = new WeakMap<Function, IdempotentRoute | null>();
+  private readonly cache = new WeakMap<Function, Map<Function, IdempotentRoute | null>>();
 
   constructor(
     private readonly reflector: Reflector,
@@ -46,23 +56,31 @@ export class IdempotentRoutes implements OnModuleInit {
 
   onModuleInit(): void {
     validateOptions(resolveRouteOptions(this.moduleOptions), 'module options');
+    const controllers = new Set<Function>();
     for (const wrapper of this.discovery.getControllers()) {
       const controller = wrapper.metatype as Type | undefined;
       if (!controller?.prototype) continue;
-      for (const name of this.scanner.getAllMethodNames(controller.prototype)) {
-        const handler = controller.prototype[name];
-        if (Reflect.getMetadata(PATH_METADATA, handler) === undefined) continue;
-        this.of(controller, handler);
+      controllers.add(controller);
+      for (const handler of this.methodsOf(controller)) {
+        if (isHttpHandler(handler)) this.of(controller, handler);
+        else this.refuseOutsideHttp(controller, handler);
       }
+    }
+    for (const wrapper of this.discovery.getProviders()) {
+      const provider = wrapper.metatype as Type | undefined;
+      if (typeof provider !== 'function' || !provider.prototype || controllers.has(provider)) continue;
+      for (const handler of this.methodsOf(provider)) this.refuseOutsideHttp(provider, handler);
     }
   }
 
-  /** The idempotent route for a handler, or null when it is not idempotent. */
+  /** The idempotent route for a handler of a controller, or null when it is not idempotent. */
   of(controller: Type, handler: Function): IdempotentRoute | null {
-    let route = this.cache.get(handler);
+    let routes = this.cache.get(controller);
+    if (!routes) this.cache.set(controller, (routes = new Map()));
+    let route = routes.get(handler);
     if (route === undefined) {
       route = this.build(controller, handler);
-      this.cache.set(handler, route);
+      routes.set(handler, route);
     }
     return route;
   }
@@ -72,6 +90,15 @@ export class IdempotentRoutes implements OnModuleInit {
     const onMethod = this.reflector.get<IdempotentRouteOptions | undefined>(IDEMPOTENT_METADATA, handler);
     if (!onClass && !onMethod) return null;
     const where = `${controller.name}.${handler.name}`;
+    const safeMethod = safeMethodOf(handler);
+    if (safeMethod) {
+      // A class-wide @Idempotent() covers the routes that change state; reads stay untouched.
+      if (!onMethod) return null;
+      throw new Error(
+        `@Idempotent() on ${where}: ${safeMethod} is a safe method, which must not change state and ` +
+          'needs no idempotency key. Remove the decorator, or serve the operation with POST, PUT, PATCH or DELETE.',
+      );
+    }
     const options = resolveRouteOptions(this.moduleOptions, onClass, onMethod);
     validateOptions(options, where);
     this.assertReplayable(controller, handler, where);
@@ -87,28 +114,60 @@ export class IdempotentRoutes implements OnModuleInit {
           'transactional routes need the PostgreSQL store.',
       );
     }
+    const host = hostOf(controller);
+    const version = versionOf(controller, handler);
     return {
       options,
-      pattern: routePattern(Reflect.getMetadata(PATH_METADATA, controller), Reflect.getMetadata(PATH_METADATA, handler)),
+      declaredPattern: routePattern(pathsOf(controller), pathsOf(handler)),
+      qualifier: (host === undefined ? '' : ` host=${host}`) + (version === undefined ? '' : ` version=${version}`),
       keyHeader: options.headerName.toLowerCase(),
     };
   }
 
+  /**
+   * A decorated method that is not an HTTP route handler would run without any protection
+   * while its author believes it is guarded: refuse to start instead.
+   */
+  private refuseOutsideHttp(owner: Type, handler: Function): void {
+    const onMethod = this.reflector.get(IDEMPOTENT_METADATA, handler) !== undefined;
+    const onClass = this.reflector.get(IDEMPOTENT_METADATA, owner) !== undefined;
+    if (!onMethod && !(onClass && isMessageHandler(handler))) return;
+    throw new Error(
+      `@Idempotent() on ${owner.name}.${handler.name}: it is not an HTTP route handler, and the library ` +
+        'guards HTTP routes only (not message, event or websocket handlers, nor other methods), so it would ' +
+        'run unprotected. Remove the decorator, or make the operation an HTTP route.',
+    );
+  }
+
+  private *methodsOf(type: Type): Iterable<Function> {
+    for (const name of this.scanner.getAllMethodNames(type.prototype)) {
+      const method = type.prototype[name];
+      if (typeof method === 'function') yield method;
+    }
+  }
+
   /** Responses that bypass Nest's reply cannot be captured, so they could never be replayed. */
   private assertReplayable(controller: Type, handler: Function, where: string): void {
-    if (Reflect.getMetadata(SSE_METADATA, handler)) {
+    if (isServerSentEvents(handler)) {
       throw new Error(`@Idempotent() cannot be used on ${where}: server-sent events cannot be replayed.`);
     }
-    const args: Record<string, unknown> = Reflect.getMetadata(ROUTE_ARGS_METADATA, controller, handler.name) ?? {};
-    const takesResponse = Object.keys(args).some((key) => {
-      const type = Number(key.split(':')[0]);
-      return type === RouteParamtypes.RESPONSE || type === RouteParamtypes.NEXT;
-    });
-    if (takesResponse && !Reflect.getMetadata(RESPONSE_PASSTHROUGH_METADATA, controller, handler.name)) {
+    if (writesResponseItself(controller, handler)) {
       throw new Error(
         `@Idempotent() cannot be used on ${where}: it writes the response itself (@Res() or @Next()), ` +
           'so the response cannot be stored. Return the body instead, or use @Res({ passthrough: true }).',
       );
     }
   }
+}
+
+/**
+ * The route a request was served by, as stored in its record: the path pattern the
+ * platform matched (global prefix, `RouterModule` prefixes and URI version included),
+ * then the handler's host pattern and version, which tell apart handlers that share a path
+ * (header, media-type and custom versioning; host-based routing).
+ */
+export function servedRoute(route: IdempotentRoute, request: unknown): string {
+  const { route: expressRoute, routeOptions } = request as { route?: { path?: unknown }; routeOptions?: { url?: unknown } };
+  const matched = typeof expressRoute?.path === 'string' ? expressRoute.path : routeOptions?.url;
+  return (typeof matched === 'string' ? matched : route.declaredPattern) + route.qualifier;
 }

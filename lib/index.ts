@@ -24,17 +24,26 @@ export {
   PROBLEM_TYPE_BASE,
   RequestInProgressError,
   ResponseNotReplayableError,
+  UnparsedBodyError,
+  UnresolvedScopeError,
   type ProblemDetails,
 } from './errors.js';
-export type { IdempotencyRecord, RecordIdentity, RecordStatus, StoredResponse } from './record.js';
-export { canonicalJson, fingerprintOf, parseIdempotencyKey } from './request-identity.js';
+export type { IdempotencyRecord, RecordIdentity, RecordStatus, SealedResponse, StoredResponse } from './record.js';
+export { canonicalJson, fingerprintOf, type FingerprintParts, type FingerprintSecret } from './fingerprint.js';
+export type { ResponseEncryptionKey } from './response-cipher.js';
+export { parseIdempotencyKey } from './request-identity.js';
 export {
   IdempotencyStore,
   type ClaimRequest,
   type ClaimResult,
   type PurgeOptions,
+  type ResponsePayload,
   type StoreTransaction,
 } from './storage/idempotency.store.js';
 export { PostgresIdempotencyStore, IDEMPOTENCY_TABLE } from './storage/postgres.store.js';
 export { MemoryIdempotencyStore } from './storage/memory.store.js';
-export { CreateIdempotencyKeys1764288000000, idempotencyMigrations } from '../migrations/index.js';
+export {
+  CreateIdempotencyKeys1764288000000,
+  CreateIdempotencySettings1780000000000,
+  idempotencyMigrations,
+} from '../migrations/index.js';

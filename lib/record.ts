@@ -75,15 +75,25 @@ export interface StoredResponse {
   readonly reason?: string;
 }
 
+/** A stored response encrypted at rest (the `encryptionKeys` option): AES-256-GCM under the key `kid`. */
+export interface SealedResponse {
+  readonly sealed: 'A256GCM';
+  readonly kid: string;
+  readonly iv: string;
+  readonly tag: string;
+  readonly data: string;
+}
+
 export interface IdempotencyRecord extends RecordIdentity {
   readonly status: RecordStatus;
+  /** `<secret id>:<HMAC-SHA-256 of the canonical request>` (see `Fingerprinter`). */
   readonly fingerprint: string;
   /** Only while `in_progress`. */
   readonly ownerToken: string | null;
   /** Only while `in_progress`: after this instant another request may take over. */
   readonly lockedUntil: Date | null;
-  /** Only once `completed`. */
-  readonly response: StoredResponse | null;
+  /** Only once `completed`; sealed when responses are encrypted at rest. */
+  readonly response: StoredResponse | SealedResponse | null;
   readonly createdAt: Date;
   readonly completedAt: Date | null;
   readonly expiresAt: Date;
@@ -118,9 +128,15 @@ export type ClaimDecision =
  * The state machine's single decision point: every store applies it to the row it
  * examined (under a row lock, for PostgreSQL) before changing anything.
  */
-export function decideClaim(observed: ObservedRecord, fingerprint: string): ClaimDecision {
+export function decideClaim(
+  observed: ObservedRecord,
+  fingerprint: string,
+  /** The same request's fingerprints under previous secrets (after a rotation). */
+  alsoAccepted: readonly string[] = [],
+): ClaimDecision {
   if (observed.expired) return 'reclaim';
-  if (observed.record.fingerprint !== fingerprint) return 'mismatch';
+  const stored = observed.record.fingerprint;
+  if (stored !== fingerprint && !alsoAccepted.includes(stored)) return 'mismatch';
   if (observed.record.status === 'completed') return 'replay';
   return observed.leaseLapsed ? 'take-over' : 'in-progress';
 }

@@ -114,8 +114,12 @@ function withinLimit(stored: StoredResponse, result: unknown, maxBytes: number):
   return size > maxBytes ? notReplayable(stored, `the response body is larger than ${maxBytes} bytes`) : stored;
 }
 
+/**
+ * Replayed as a 410 problem, which describes no resource: none of the original's headers
+ * (its Location, ETag, Content-Disposition) belong on it.
+ */
 function notReplayable(meta: ResponseMeta, reason: string): StoredResponse {
-  return { status: meta.status, headers: meta.headers, kind: 'unreplayable', reason };
+  return { status: meta.status, headers: {}, kind: 'unreplayable', reason };
 }
 
 /** JSONB text cannot hold NUL or lone surrogates: such strings are kept as base64 of their UTF-8. */

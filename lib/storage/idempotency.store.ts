@@ -1,14 +1,24 @@
-import type { IdempotencyRecord, ObservedRecord, RecordIdentity, StoredResponse } from '../record.js';
+import type { IdempotencyRecord, ObservedRecord, RecordIdentity, SealedResponse, StoredResponse } from '../record.js';
+
+/** What `complete()` stores: the response, encrypted when the module has encryption keys. */
+export type ResponsePayload = StoredResponse | SealedResponse;
 
 export interface ClaimRequest {
   readonly identity: RecordIdentity;
   readonly fingerprint: string;
+  /** The same request's fingerprints under previous secrets: a record holding one of them is this request too. */
+  readonly acceptedFingerprints?: readonly string[];
   /** Fresh random UUID of the claiming request: its fencing token if it wins. */
   readonly ownerToken: string;
   /** How long the claim holds without renewal before another request may take over. */
   readonly leaseMs: number;
   /** Lifetime of the record; renewed from the moment it completes. */
   readonly ttlMs: number;
+  /**
+   * Epoch ms after which the store gives up acquiring a connection for this claim (and
+   * throws), rather than queue behind a busy pool for ever.
+   */
+  readonly deadline?: number;
 }
 
 export type ClaimResult =
@@ -63,7 +73,7 @@ export abstract class IdempotencyStore {
   abstract complete(
     identity: RecordIdentity,
     ownerToken: string,
-    response: StoredResponse,
+    response: ResponsePayload,
     ttlMs: number,
   ): Promise<boolean>;
 
@@ -73,8 +83,14 @@ export abstract class IdempotencyStore {
   /** Extends the lease of an owned in-flight record; false if the lease was lost. */
   abstract renew(identity: RecordIdentity, ownerToken: string, leaseMs: number): Promise<boolean>;
 
-  /** The live record of an identity, or null when absent or expired. */
-  abstract find(identity: RecordIdentity): Promise<IdempotencyRecord | null>;
+  /** The live record of an identity, or null when absent or expired; `deadline` bounds waiting for a connection. */
+  abstract find(identity: RecordIdentity, deadline?: number): Promise<IdempotencyRecord | null>;
+
+  /**
+   * The secret that fingerprints are MACed with when the application gives none: created
+   * once, at random, and the same for every instance that shares this store, across restarts.
+   */
+  abstract sharedSecret(): Promise<Buffer>;
 
   /** Deletes expired records in batches; returns how many were deleted. */
   abstract purgeExpired(options?: PurgeOptions): Promise<number>;
@@ -91,7 +107,7 @@ export abstract class IdempotencyStore {
    * Opens a database transaction for a transactional-mode request. Stores that keep
    * records outside the application's database cannot offer one.
    */
-  openTransaction(): Promise<StoreTransaction> {
+  openTransaction(_deadline?: number): Promise<StoreTransaction> {
     return Promise.reject(new Error(`${this.constructor.name} does not support transactional routes`));
   }
 }
@@ -111,7 +127,9 @@ export interface StoreTransaction {
   beginHandler(): Promise<void>;
   /** Discards the handler's writes, keeping the claim (a stored 4xx error). */
   discardHandlerWrites(): Promise<void>;
-  complete(identity: RecordIdentity, ownerToken: string, response: StoredResponse, ttlMs: number): Promise<boolean>;
+  complete(identity: RecordIdentity, ownerToken: string, response: ResponsePayload, ttlMs: number): Promise<boolean>;
+  /** Whether the connection broke while the transaction was open (the database rolled it back). */
+  readonly lost: boolean;
   /** Commits the record and the handler's writes together; throws if it could not. */
   commit(): Promise<void>;
   /** Rolls everything back, the claim included; never throws, and is a no-op once settled. */

@@ -1,11 +1,13 @@
+import { randomBytes } from 'node:crypto';
+import { decideClaim, type IdempotencyRecord, type ObservedRecord, type RecordIdentity } from '../record.js';
 import {
-  decideClaim,
-  type IdempotencyRecord,
-  type ObservedRecord,
-  type RecordIdentity,
-  type StoredResponse,
-} from '../record.js';
-import { type ClaimRequest, type ClaimResult, IdempotencyStore, type PurgeOptions, purgeLimits } from './idempotency.store.js';
+  type ClaimRequest,
+  type ClaimResult,
+  IdempotencyStore,
+  type PurgeOptions,
+  purgeLimits,
+  type ResponsePayload,
+} from './idempotency.store.js';
 
 /**
  * An in-process store for an application's own unit tests: no database, same contract
@@ -17,6 +19,8 @@ import { type ClaimRequest, type ClaimResult, IdempotencyStore, type PurgeOption
 export class MemoryIdempotencyStore extends IdempotencyStore {
   private readonly records = new Map<string, IdempotencyRecord>();
   private writes = 0;
+  /** Per process, like the records it protects. */
+  private readonly secret = randomBytes(32);
 
   constructor(
     private readonly now: () => number = Date.now,
@@ -31,7 +35,7 @@ export class MemoryIdempotencyStore extends IdempotencyStore {
     const existing = this.records.get(id);
     if (existing) {
       const observed = this.observe(existing);
-      const decision = decideClaim(observed, request.fingerprint);
+      const decision = decideClaim(observed, request.fingerprint, request.acceptedFingerprints);
       if (decision !== 'reclaim' && decision !== 'take-over') return { claimed: false, observed };
     }
     const now = this.now();
@@ -50,12 +54,11 @@ export class MemoryIdempotencyStore extends IdempotencyStore {
     return { claimed: true, record };
   }
 
-  async complete(
-    identity: RecordIdentity,
-    ownerToken: string,
-    response: StoredResponse,
-    ttlMs: number,
-  ): Promise<boolean> {
+  async sharedSecret(): Promise<Buffer> {
+    return this.secret;
+  }
+
+  async complete(identity: RecordIdentity, ownerToken: string, response: ResponsePayload, ttlMs: number): Promise<boolean> {
     const record = this.owned(identity, ownerToken);
     if (!record) return false;
     const now = this.now();

@@ -1,31 +1,33 @@
+import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { DataSource, EntityManager, QueryRunner } from 'typeorm';
-import {
-  decideClaim,
-  type IdempotencyRecord,
-  type ObservedRecord,
-  type RecordIdentity,
-  type StoredResponse,
-} from '../record.js';
+import { decideClaim, type IdempotencyRecord, type ObservedRecord, type RecordIdentity } from '../record.js';
 import {
   type ClaimRequest,
   type ClaimResult,
   IdempotencyStore,
   type PurgeOptions,
   purgeLimits,
+  type ResponsePayload,
   type StoreTransaction,
 } from './idempotency.store.js';
 
 /** The subset of node-postgres' Pool and PoolClient this store uses. */
 interface Queryable {
   query(text: string, values?: unknown[]): Promise<{ rows: any[]; rowCount: number | null }>;
-  end?(): Promise<void>;
+}
+interface PoolClient extends Queryable {
+  release(error?: Error | boolean): void;
+  end(): Promise<void>;
+  on(event: 'error', listener: (error: Error) => void): unknown;
+  removeListener(event: 'error', listener: (error: Error) => void): unknown;
 }
 interface Pool extends Queryable {
-  connect(): Promise<Queryable & { release(error?: Error | boolean): void }>;
+  connect(): Promise<PoolClient>;
 }
 
 export const IDEMPOTENCY_TABLE = 'idempotency_keys';
+export const SETTINGS_TABLE = 'idempotency_settings';
 
 /*
  * Every SQL statement of the library. All values are parameters; $1..$4 are always the
@@ -46,6 +48,20 @@ const LEASE_LAPSED = `(k.status = 'in_progress' AND k.locked_until <= ${NOW})`;
 const MS = "* interval '1 millisecond'";
 
 /**
+ * Inside a transactional-mode transaction, which stays open while the handler runs: no
+ * server-side idle or transaction time-out may end it meanwhile (that would roll back a
+ * request that is doing fine, and let a waiting duplicate run the handler again). The
+ * handler's own statements get the session's statement_timeout back (beginHandler).
+ * transaction_timeout exists from PostgreSQL 17 on: set only where it exists.
+ */
+const TRANSACTION_SETTINGS = `
+  set_config('lock_timeout', $9, true) AS lock_timeout,
+  set_config('statement_timeout', '0', true) AS statement_timeout,
+  set_config('idle_in_transaction_session_timeout', '0', true) AS idle_timeout,
+  CASE WHEN current_setting('transaction_timeout', true) IS NOT NULL
+       THEN set_config('transaction_timeout', '0', true) END AS transaction_timeout`;
+
+/**
  * Fast path, one round trip for the common cases. Looks the record up and, only if there
  * is none, inserts it: the primary key makes two concurrent inserts impossible (the
  * loser's DO NOTHING fires, and it goes to the slow path). A replay thus costs a single
@@ -62,9 +78,7 @@ const SQL_CLAIM = claimStatement(false);
 const SQL_CLAIM_WAITING = claimStatement(true);
 
 function claimStatement(withLockTimeout: boolean): string {
-  const settings = withLockTimeout
-    ? "settings AS MATERIALIZED (SELECT set_config('lock_timeout', $9, true) AS lock_timeout),\n"
-    : '';
+  const settings = withLockTimeout ? `settings AS MATERIALIZED (SELECT ${TRANSACTION_SETTINGS}),\n` : '';
   return `
 WITH ${settings}existing AS (
   SELECT k.* FROM ${IDEMPOTENCY_TABLE} k WHERE ${IDENTITY}
@@ -151,7 +165,22 @@ WHERE ctid = ANY(ARRAY(
 
 const SQL_VERIFY = `SELECT 1 FROM ${IDEMPOTENCY_TABLE} LIMIT 0`;
 
-const SLOW_PATH_LOCK_TIMEOUT = '5s';
+/** The fingerprint secret: the first instance to start creates it; every other one reads the same. */
+const SQL_SHARED_SECRET = `
+WITH created AS (
+  INSERT INTO ${SETTINGS_TABLE} (name, value) VALUES ('fingerprint_secret', $1)
+  ON CONFLICT (name) DO NOTHING
+  RETURNING value
+)
+SELECT value FROM created
+UNION ALL
+SELECT value FROM ${SETTINGS_TABLE} WHERE name = 'fingerprint_secret'`;
+
+/** The slow path's transaction: its lock waits are bounded, and no server-side statement time-out cuts them short instead. */
+const SQL_BEGIN_SLOW_PATH = "BEGIN; SET LOCAL lock_timeout = '5s'; SET LOCAL statement_timeout = 0";
+
+/** PostgreSQL's query_canceled: a statement_timeout ran out (or the statement was cancelled). */
+const QUERY_CANCELED = '57014';
 
 /** How often the slow path re-examines a key whose row appeared or vanished under it. */
 const MAX_SLOW_PATH_ATTEMPTS = 5;
@@ -178,45 +207,67 @@ export class PostgresIdempotencyStore extends IdempotencyStore {
   }
 
   async claim(request: ClaimRequest): Promise<ClaimResult> {
-    const fast = await claimFast(this.pool, request);
+    const fast = await this.withClient(request.deadline, (client) => claimFast(client, request));
     if (fast) return fast;
-    const client = await this.pool.connect();
-    let failed: Error | undefined;
-    try {
+    return this.withClient(request.deadline, async (client) => {
       // A row lock held for long (a stalled transaction) fails the claim instead of hanging it.
-      await client.query(`BEGIN; SET LOCAL lock_timeout = '${SLOW_PATH_LOCK_TIMEOUT}'`);
-      const result = await claimUnderLock(client, request);
-      await client.query('COMMIT');
-      return result;
-    } catch (error) {
-      failed = error as Error;
-      await client.query('ROLLBACK').catch(() => undefined);
-      throw error;
-    } finally {
-      // A client that failed mid-transaction is discarded rather than reused.
-      client.release(failed);
-    }
+      await client.query(SQL_BEGIN_SLOW_PATH);
+      try {
+        const result = await claimUnderLock(client, request);
+        await client.query('COMMIT');
+        return result;
+      } catch (error) {
+        await client.query('ROLLBACK').catch(() => undefined);
+        throw error;
+      }
+    });
   }
 
-  override async openTransaction(): Promise<StoreTransaction> {
+  override async openTransaction(deadline?: number): Promise<StoreTransaction> {
     const runner = this.dataSource.createQueryRunner();
+    let client: PoolClient;
+    try {
+      client = (await withinDeadline(runner.connect(), deadline, () => void runner.release())) as PoolClient;
+    } catch (error) {
+      // After a time-out, the connection is released when (if ever) the pool hands it over.
+      if (!(error instanceof PoolTimeoutError)) await runner.release();
+      throw error;
+    }
+    const transaction = new PostgresStoreTransaction(runner, client);
     try {
       // START TRANSACTION through TypeORM, so that the handler's own
       // manager.transaction() calls nest as savepoints inside ours.
       await runner.startTransaction();
-      return new PostgresStoreTransaction(runner, (await runner.connect()) as Queryable);
+      return transaction;
     } catch (error) {
-      await runner.release();
+      await transaction.rollback();
       throw error;
     }
   }
 
-  async complete(
-    identity: RecordIdentity,
-    ownerToken: string,
-    response: StoredResponse,
-    ttlMs: number,
-  ): Promise<boolean> {
+  /**
+   * Runs `work` on a pooled connection that has an 'error' listener for as long as it is
+   * held (node-postgres emits 'error' on a checked-out client whose connection drops, which
+   * would otherwise end the process). Acquiring it is bounded by `deadline`. A client whose
+   * work failed is discarded rather than returned to the pool.
+   */
+  private async withClient<T>(deadline: number | undefined, work: (client: PoolClient) => Promise<T>): Promise<T> {
+    const client = await withinDeadline(this.pool.connect(), deadline, (late) => late.release());
+    let broken: Error | undefined;
+    const onError = (error: Error) => (broken = error);
+    client.on('error', onError);
+    try {
+      return await work(client);
+    } catch (error) {
+      broken ??= error as Error;
+      throw error;
+    } finally {
+      client.removeListener('error', onError);
+      client.release(broken);
+    }
+  }
+
+  async complete(identity: RecordIdentity, ownerToken: string, response: ResponsePayload, ttlMs: number): Promise<boolean> {
     return completeOn(this.pool, identity, ownerToken, response, ttlMs);
   }
 
@@ -230,9 +281,21 @@ export class PostgresIdempotencyStore extends IdempotencyStore {
     return rowCount === 1;
   }
 
-  async find(identity: RecordIdentity): Promise<IdempotencyRecord | null> {
-    const { rows } = await this.pool.query(SQL_FIND, identityParameters(identity));
+  async find(identity: RecordIdentity, deadline?: number): Promise<IdempotencyRecord | null> {
+    const { rows } =
+      deadline === undefined
+        ? await this.pool.query(SQL_FIND, identityParameters(identity))
+        : await this.withClient(deadline, (client) => client.query(SQL_FIND, identityParameters(identity)));
     return rows[0] ? toRecord(rows[0]) : null;
+  }
+
+  async sharedSecret(): Promise<Buffer> {
+    // A concurrent first start may have inserted it after this statement's snapshot: read again.
+    for (let attempt = 0; attempt < 3; attempt++) {
+      const { rows } = await this.pool.query(SQL_SHARED_SECRET, [randomBytes(32).toString('base64')]);
+      if (rows[0]) return Buffer.from(rows[0].value, 'base64');
+    }
+    throw new Error(`IdempotencyModule: could not read the fingerprint secret from "${SETTINGS_TABLE}".`);
   }
 
   async purgeExpired(options: PurgeOptions = {}): Promise<number> {
@@ -248,16 +311,18 @@ export class PostgresIdempotencyStore extends IdempotencyStore {
   }
 
   override async verify(): Promise<void> {
-    try {
-      await this.pool.query(SQL_VERIFY);
-    } catch (error) {
-      if ((error as { code?: string }).code === '42P01') {
-        throw new Error(
-          `IdempotencyModule: table "${IDEMPOTENCY_TABLE}" does not exist. Add the exported ` +
-            'idempotencyMigrations to your DataSource "migrations" and run them (see the README).',
-        );
+    for (const table of [IDEMPOTENCY_TABLE, SETTINGS_TABLE]) {
+      try {
+        await this.pool.query(SQL_VERIFY.replace(IDEMPOTENCY_TABLE, table));
+      } catch (error) {
+        if ((error as { code?: string }).code === '42P01') {
+          throw new Error(
+            `IdempotencyModule: table "${table}" does not exist. Add the exported idempotencyMigrations ` +
+              'to your DataSource "migrations" and run them (see the README).',
+          );
+        }
+        throw error;
       }
-      throw error;
     }
   }
 }
@@ -270,17 +335,36 @@ export class PostgresIdempotencyStore extends IdempotencyStore {
  */
 class PostgresStoreTransaction implements StoreTransaction {
   private settled = false;
+  lost = false;
+  private readonly onError = () => {
+    this.lost = true;
+  };
 
   constructor(
     private readonly runner: QueryRunner,
-    private readonly client: Queryable,
-  ) {}
+    private readonly client: PoolClient,
+  ) {
+    // Held until the transaction settles: a dropped connection marks it lost, never crashes the process.
+    client.on('error', this.onError);
+  }
 
   get manager(): EntityManager {
     return this.runner.manager;
   }
 
   async claim(request: ClaimRequest, waitUntil: number): Promise<ClaimResult> {
+    try {
+      return await this.claimOnce(request, waitUntil);
+    } catch (error) {
+      // The server's statement_timeout is shorter than this claim's wait: start over in a
+      // fresh transaction whose statements it no longer bounds (lock_timeout does).
+      if ((error as { code?: string }).code !== QUERY_CANCELED || Date.now() >= waitUntil) throw error;
+      await this.client.query('ROLLBACK; BEGIN; SET LOCAL statement_timeout = 0');
+      return this.claimOnce(request, waitUntil);
+    }
+  }
+
+  private async claimOnce(request: ClaimRequest, waitUntil: number): Promise<ClaimResult> {
     // Each statement that may wait for a concurrent owner (its uncommitted claim, or its
     // row lock) gets the time left until waitUntil as its lock_timeout; the handler's own
     // statements run with the session's setting again (beginHandler()).
@@ -294,14 +378,16 @@ class PostgresStoreTransaction implements StoreTransaction {
   }
 
   async beginHandler(): Promise<void> {
-    await this.client.query(`SET LOCAL lock_timeout TO DEFAULT; SAVEPOINT ${HANDLER_SAVEPOINT}`);
+    await this.client.query(
+      `SET LOCAL lock_timeout TO DEFAULT; SET LOCAL statement_timeout TO DEFAULT; SAVEPOINT ${HANDLER_SAVEPOINT}`,
+    );
   }
 
   async discardHandlerWrites(): Promise<void> {
     await this.client.query(`ROLLBACK TO SAVEPOINT ${HANDLER_SAVEPOINT}`);
   }
 
-  complete(identity: RecordIdentity, ownerToken: string, response: StoredResponse, ttlMs: number): Promise<boolean> {
+  complete(identity: RecordIdentity, ownerToken: string, response: ResponsePayload, ttlMs: number): Promise<boolean> {
     return completeOn(this.client, identity, ownerToken, response, ttlMs);
   }
 
@@ -313,6 +399,7 @@ class PostgresStoreTransaction implements StoreTransaction {
     if (depth !== 1) throw new Error('a transaction the handler opened with manager.transaction() is still open');
     await this.runner.commitTransaction();
     this.settled = true;
+    this.client.removeListener('error', this.onError);
     await this.runner.release();
   }
 
@@ -325,12 +412,43 @@ class PostgresStoreTransaction implements StoreTransaction {
     if (this.settled) return;
     this.settled = true;
     try {
+      if (this.lost) throw new Error('connection lost');
       await this.client.query('ROLLBACK');
     } catch {
-      await this.client.end?.().catch(() => undefined);
+      await this.client.end().catch(() => undefined);
     } finally {
+      this.client.removeListener('error', this.onError);
       await this.runner.release();
     }
+  }
+}
+
+class PoolTimeoutError extends Error {
+  constructor() {
+    super('timed out waiting for a database connection from the pool');
+  }
+}
+
+/**
+ * Waits for a pooled connection until `deadline` at most; one that arrives later is handed
+ * to `discard` (a connection the pool gives after the wait was abandoned is not leaked).
+ */
+async function withinDeadline<T>(pending: Promise<T>, deadline: number | undefined, discard: (late: T) => void): Promise<T> {
+  if (deadline === undefined) return pending;
+  let timer: NodeJS.Timeout | undefined;
+  const expired = new Promise<never>((_, reject) => {
+    timer = setTimeout(
+      () => reject(new PoolTimeoutError()),
+      Math.max(0, deadline - Date.now()),
+    );
+  });
+  try {
+    return await Promise.race([pending, expired]);
+  } catch (error) {
+    if (error instanceof PoolTimeoutError) pending.then(discard, () => undefined);
+    throw error;
+  } finally {
+    clearTimeout(timer);
   }
 }
 
@@ -371,7 +489,7 @@ async function claimUnderLock(
       continue;
     }
     const observed = toObserved(rows[0]);
-    const decision = decideClaim(observed, request.fingerprint);
+    const decision = decideClaim(observed, request.fingerprint, request.acceptedFingerprints);
     if (decision !== 'reclaim' && decision !== 'take-over') return { claimed: false, observed };
     const updated = await db.query(SQL_RECLAIM, params);
     if (updated.rows[0]) return { claimed: true, record: toRecord(updated.rows[0]) };
@@ -383,7 +501,7 @@ async function completeOn(
   db: Queryable,
   identity: RecordIdentity,
   ownerToken: string,
-  response: StoredResponse,
+  response: ResponsePayload,
   ttlMs: number,
 ): Promise<boolean> {
   const { rowCount } = await db.query(SQL_COMPLETE, [

@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
-import { Controller, Injectable, Module, Post, Res } from '@nestjs/common';
+import { type CanActivate, Controller, type ExecutionContext, Injectable, Module, Post, Res, UseGuards } from '@nestjs/common';
 import { TypeOrmModule } from '@nestjs/typeorm';
 import { randomUUID } from 'node:crypto';
 import {
@@ -14,7 +14,17 @@ import { startApp } from '../support/test-app.js';
 
 let runs = 0;
 
+/** Stands in for authentication: the default scope reads the principal's id. */
+@Injectable()
+class SignedIn implements CanActivate {
+  canActivate(context: ExecutionContext): boolean {
+    context.switchToHttp().getRequest().user = { id: 'user-1' };
+    return true;
+  }
+}
+
 @Controller()
+@UseGuards(SignedIn)
 class CounterController {
   @Post('count')
   @Idempotent()
@@ -181,6 +191,6 @@ describe('IdempotencyModule wiring', () => {
 
   it('fails at start-up for an option that cannot work', async () => {
     const message = await bootError([IdempotencyModule.forRoot({ store: MemoryIdempotencyStore, leaseMs: 0 })]);
-    expect(message).toMatch(/"leaseMs" must be a positive number/);
+    expect(message).toMatch(/"leaseMs" must be a whole number from 30 to 2147483647, got 0/);
   });
 });

@@ -327,7 +327,7 @@ describe.each(PLATFORMS)('idempotency semantics over HTTP (%s)', (platform) => {
       await db.pool.query(
         `INSERT INTO idempotency_keys (scope, method, route, idempotency_key, fingerprint, status, owner_token, locked_until, expires_at)
          VALUES ('erin', 'POST', '/orders', $1, $2, 'in_progress', $3, now() + $4::interval, now() + interval '1 day')`,
-        [key, fingerprintOf({ body, query: {} }), owner, lapsed ? '-1 second' : '1 minute'],
+        [key, fingerprintOf({ body, query: {} }, await running.app.get(IdempotencyStore).sharedSecret()), owner, lapsed ? '-1 second' : '1 minute'],
       );
       return owner;
     };

@@ -290,7 +290,7 @@ export function probeModule(url: string, calls: Calls, options: IdempotencyModul
     imports: [
       TypeOrmModule.forRoot({ type: 'postgres', url, retryAttempts: 0 }),
       IdempotencyModule.forRoot({
-        scope: (request) => String(request.headers['x-user-id'] ?? ''),
+        scope: (request) => String(request.headers['x-user-id'] ?? 'anonymous'),
         ...options,
       }),
     ],

@@ -3,6 +3,7 @@ import { BadRequestException, HttpException, type ExecutionContext } from '@nest
 import {
   DEFAULT_REPLAY_HEADERS,
   resolveRouteOptions,
+  validateModuleOptions,
   validateOptions,
   type ResolvedRouteOptions,
 } from '../../lib/idempotency.options.js';
@@ -107,15 +108,21 @@ describe('resolveRouteOptions', () => {
     expect(storeErrors(400, new BadRequestException())).toBe(true);
   });
 
-  it('resolves the default scope from request.user.id, .sub, .userId, and "" without a user', () => {
+  it('resolves the default scope from request.user.id, .sub, .userId', () => {
     const { scope } = resolveRouteOptions();
     expect(scope({ user: { id: 42, sub: 'ignored' } }, context)).toBe('42');
     expect(scope({ user: { id: 0 } }, context)).toBe('0');
     expect(scope({ user: { id: null, sub: 'auth0|7' } }, context)).toBe('auth0|7');
     expect(scope({ user: { sub: 'auth0|7' } }, context)).toBe('auth0|7');
     expect(scope({ user: { userId: 'u-9', username: 'x' } }, context)).toBe('u-9');
-    expect(scope({}, context)).toBe('');
-    expect(scope(undefined, context)).toBe('');
+  });
+
+  // Anonymous callers in one shared scope could read each other's responses by guessing keys.
+  it('refuses a request without an authenticated principal, naming the fix', () => {
+    const { scope } = resolveRouteOptions();
+    for (const request of [{}, undefined, { user: null }]) {
+      expect(() => scope(request, context)).toThrow(/refuses anonymous callers[\s\S]*set the "scope" option/);
+    }
   });
 
   it('refuses a user it cannot tell apart rather than sharing one scope between users', () => {
@@ -142,17 +149,27 @@ describe('validateOptions', () => {
     expect(() => validateOptions(valid({ concurrency: 'wait' }), 'module options')).not.toThrow();
   });
 
-  it.each(['waitTimeoutMs', 'leaseMs', 'ttlMs', 'maxResponseBytes', 'maxKeyLength'] as const)(
-    'rejects a %s that is not a positive number, naming the option and where it was set',
-    (name) => {
-      for (const value of [0, -1, Number.NaN, Number.POSITIVE_INFINITY]) {
-        expect(() => validateOptions(valid({ [name]: value }), '@Idempotent() on PaymentsController.create')).toThrow(
-          `IdempotencyModule: @Idempotent() on PaymentsController.create: "${name}" must be a positive number, got ${value}.`,
-        );
-      }
-      expect(() => validateOptions(valid({ [name]: 1 }), 'module options')).not.toThrow();
-    },
-  );
+  it.each([
+    ['waitTimeoutMs', 1, 2 ** 31 - 1],
+    ['leaseMs', 30, 2 ** 31 - 1],
+    ['ttlMs', 1, 100 * 365 * 24 * 60 * 60 * 1000],
+    ['maxResponseBytes', 1, 2 ** 30],
+    ['maxKeyLength', 1, 1024],
+  ] as const)('accepts %s from %d to %d only, naming the option and where it was set', (name, min, max) => {
+    for (const value of [0, -1, min - 1, max + 1, 1.5, 3e9 * 1e6, Number.NaN, Number.POSITIVE_INFINITY]) {
+      expect(() => validateOptions(valid({ [name]: value }), '@Idempotent() on PaymentsController.create')).toThrow(
+        `IdempotencyModule: @Idempotent() on PaymentsController.create: "${name}" must be a whole number from ${min} to ${max}, got ${value}.`,
+      );
+    }
+    for (const value of [min, max]) expect(() => validateOptions(valid({ [name]: value }), 'module options')).not.toThrow();
+  });
+
+  // setTimeout fires at once past 2^31-1 ms: a 3e9 ms wait would give up immediately on every request,
+  // and a 1e10 ms lease would renew every millisecond.
+  it('refuses the durations that timers cannot hold', () => {
+    expect(() => validateOptions(valid({ waitTimeoutMs: 3e9 }), 'module options')).toThrow(/"waitTimeoutMs"/);
+    expect(() => validateOptions(valid({ leaseMs: 1e10 }), 'module options')).toThrow(/"leaseMs"/);
+  });
 
   it('rejects a Retry-After that is not a whole number of seconds', () => {
     for (const retryAfterSeconds of [-1, 1.5, Number.NaN]) {
@@ -179,5 +196,24 @@ describe('validateOptions', () => {
 
   it('accepts header names made of token characters', () => {
     expect(() => validateOptions(valid({ headerName: "X-Request_Key.v2!#$%&'*+^`|~" }), 'module options')).not.toThrow();
+  });
+});
+
+describe('validateModuleOptions', () => {
+  it('accepts false or a timer-sized purgeIntervalMs only', () => {
+    for (const purgeIntervalMs of [false, undefined, 1000, 2 ** 31 - 1] as const) {
+      expect(() => validateModuleOptions({ purgeIntervalMs })).not.toThrow();
+    }
+    for (const purgeIntervalMs of [0, 10, 2 ** 31, 1e12, 1.5e3 + 0.5, Number.NaN]) {
+      expect(() => validateModuleOptions({ purgeIntervalMs })).toThrow(/"purgeIntervalMs" must be false or a whole number/);
+    }
+  });
+
+  it('wants fingerprint secrets of at least 16 bytes, one or a list', () => {
+    expect(() => validateModuleOptions({ fingerprintSecret: 'x'.repeat(16) })).not.toThrow();
+    expect(() => validateModuleOptions({ fingerprintSecret: [Buffer.alloc(32), 'y'.repeat(20)] })).not.toThrow();
+    for (const fingerprintSecret of ['short', Buffer.alloc(8), ['x'.repeat(16), ''], 42 as never]) {
+      expect(() => validateModuleOptions({ fingerprintSecret })).toThrow(/"fingerprintSecret"/);
+    }
   });
 });

@@ -1,0 +1,77 @@
+/**
+ * What Nest's route decorators record, read without importing Nest's internals.
+ *
+ * `@nestjs/common` exposes these metadata keys only through paths it marks internal
+ * (`@nestjs/common/internal` in 12, `@nestjs/common/constants` in 11), which differ
+ * between majors and between its CommonJS and ESM builds. The key strings themselves
+ * have not changed since Nest 5, so they are written out here, in one place.
+ */
+
+const PATH = 'path';
+const METHOD = 'method';
+const HOST = 'host';
+const VERSION = '__version__';
+const ROUTE_ARGS = '__routeArguments__';
+const RESPONSE_PASSTHROUGH = '__responsePassthrough__';
+const SSE = '__sse__';
+/** `@MessagePattern()` / `@EventPattern()` of `@nestjs/microservices`. */
+const MESSAGE_PATTERN = 'microservices:pattern';
+/** `@SubscribeMessage()` of `@nestjs/websockets`. */
+const WEBSOCKET_MESSAGE = 'message';
+
+/** `RequestMethod` values of the methods that must not change state (RFC 9110 §9.2.1). */
+const SAFE_REQUEST_METHODS = new Map([
+  [0, 'GET'],
+  [6, 'OPTIONS'],
+  [7, 'HEAD'],
+]);
+/** `RouteParamtypes.RESPONSE` and `.NEXT`: parameters through which a handler answers by itself. */
+const RESPONSE_PARAM_TYPES = new Set([1, 2]);
+
+/** Whether a method is an HTTP route handler (`@Get()`, `@Post()`, ...). */
+export function isHttpHandler(handler: Function): boolean {
+  return Reflect.getMetadata(PATH, handler) !== undefined;
+}
+
+/** Whether a method handles messages or events (microservices, websockets) rather than HTTP. */
+export function isMessageHandler(handler: Function): boolean {
+  return Reflect.getMetadata(MESSAGE_PATTERN, handler) !== undefined || Reflect.getMetadata(WEBSOCKET_MESSAGE, handler) !== undefined;
+}
+
+/** The HTTP method name of a route handler when it is a safe one (GET, HEAD, OPTIONS). */
+export function safeMethodOf(handler: Function): string | undefined {
+  return SAFE_REQUEST_METHODS.get(Reflect.getMetadata(METHOD, handler));
+}
+
+export function pathsOf(target: object): unknown {
+  return Reflect.getMetadata(PATH, target);
+}
+
+/**
+ * The version a handler serves (`@Version()` on it, else on or in `@Controller()`), as
+ * text; undefined when it declares none. `VERSION_NEUTRAL` is a symbol.
+ */
+export function versionOf(controller: Function, handler: Function): string | undefined {
+  const version: unknown = Reflect.getMetadata(VERSION, handler) ?? Reflect.getMetadata(VERSION, controller);
+  if (version === undefined) return undefined;
+  const text = (value: unknown) => (typeof value === 'symbol' ? 'neutral' : String(value));
+  return Array.isArray(version) ? version.map(text).join(',') : text(version);
+}
+
+/** The host pattern(s) of `@Controller({ host })`, as text; undefined without one. */
+export function hostOf(controller: Function): string | undefined {
+  const host: unknown = Reflect.getMetadata(HOST, controller);
+  if (host === undefined) return undefined;
+  return Array.isArray(host) ? host.map(String).join(',') : String(host);
+}
+
+export function isServerSentEvents(handler: Function): boolean {
+  return Boolean(Reflect.getMetadata(SSE, handler));
+}
+
+/** Whether the handler writes the response itself (`@Res()` or `@Next()` without passthrough). */
+export function writesResponseItself(controller: Function, handler: Function): boolean {
+  const args: Record<string, unknown> = Reflect.getMetadata(ROUTE_ARGS, controller, handler.name) ?? {};
+  const takesResponse = Object.keys(args).some((key) => RESPONSE_PARAM_TYPES.has(Number(key.split(':')[0])));
+  return takesResponse && !Reflect.getMetadata(RESPONSE_PASSTHROUGH, controller, handler.name);
+}
