@@ -82,6 +82,24 @@ describe('chaos: database faults', () => {
     );
   });
 
+  // The connection drops after PostgreSQL committed but before its reply arrived: the
+  // request cannot tell from the commit alone, so it looks the record up.
+  it('transactional: a commit whose reply is lost answers with the stored result, not 503', async () => {
+    const app = await startBehindProxy({});
+    const key = randomUUID();
+    const user = 'commit-' + randomUUID().slice(0, 8);
+    proxy.loseNextReplyTo('COMMIT');
+    const first = await post(app.url, '/payments', { key, user, body: payment });
+    expect(proxy.cutCount).toBe(1);
+    expect(first.status).toBe(201);
+    const record = await cluster.record(key);
+    expect(record).toMatchObject({ status: 'completed', response: { body: first.text } });
+    const replay = await post(app.url, '/payments', { key, user, body: payment });
+    expect(replay.text).toBe(first.text);
+    expect(await cluster.count('payments', user)).toBe(1);
+    await expectServing(app);
+  });
+
   it('lease mode: connections cut during bursts of duplicates lose no result and block no key past its lease', async () => {
     const app = await startBehindProxy({ PROVIDER_LATENCY_MS: '400', IDEMPOTENCY_LEASE_MS: '1500' });
     const keys = Array.from({ length: 4 }, () => ({ key: randomUUID(), user: 'cut-' + randomUUID().slice(0, 8) }));

@@ -64,8 +64,9 @@ describe('chaos: transactional mode', () => {
     await db.pool.query('SELECT pg_terminate_backend($1)', [pid]);
 
     const failed = await pending;
-    expect(failed.status).toBeGreaterThanOrEqual(500);
+    expect(failed.status).toBe(503);
     expect(failed.headers.get('content-type')).toMatch(/^application\/problem\+json/);
+    expect(failed.json.type).toBe('urn:nestjs-idempotency:problem:store-unavailable');
     expect(await cluster.record(key)).toBeUndefined();
     expect(await cluster.count('payments', caller)).toBe(0);
 

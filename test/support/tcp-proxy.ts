@@ -9,6 +9,7 @@ import net from 'node:net';
 export class TcpProxy {
   private readonly pairs = new Set<[net.Socket, net.Socket]>();
   private refusing = false;
+  private loseReplyTo?: Buffer;
   /** Connections dropped by cut() and down(), over the proxy's life. */
   cutCount = 0;
 
@@ -58,6 +59,15 @@ export class TcpProxy {
     this.refusing = false;
   }
 
+  /**
+   * The next connection that sends a message containing `text` (e.g. COMMIT) has it
+   * delivered to the server, but the server's reply is lost and the connection dropped:
+   * the client cannot know whether the statement took effect.
+   */
+  loseNextReplyTo(text: string): void {
+    this.loseReplyTo = Buffer.from(text);
+  }
+
   async close(): Promise<void> {
     this.cut();
     await new Promise<void>((resolve) => this.server.close(() => resolve()));
@@ -78,7 +88,18 @@ export class TcpProxy {
     };
     client.on('error', drop).on('close', drop);
     upstream.on('error', drop).on('close', drop);
-    client.pipe(upstream);
-    upstream.pipe(client);
+    let doomed = false;
+    client.on('data', (chunk: Buffer) => {
+      if (this.loseReplyTo && chunk.includes(this.loseReplyTo)) {
+        this.loseReplyTo = undefined;
+        doomed = true;
+        this.cutCount++;
+      }
+      upstream.write(chunk);
+    });
+    upstream.on('data', (chunk: Buffer) => {
+      if (doomed) drop();
+      else client.write(chunk);
+    });
   }
 }
