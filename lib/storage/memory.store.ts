@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { decideClaim, type IdempotencyRecord, type ObservedRecord, type RecordIdentity } from '../record.js';
+import { type ClaimDecision, decideClaim, type IdempotencyRecord, type ObservedRecord, type RecordIdentity } from '../record.js';
 import {
   type ClaimRequest,
   type ClaimResult,
@@ -33,16 +33,18 @@ export class MemoryIdempotencyStore extends IdempotencyStore {
     this.sweepNowAndThen();
     const id = keyOf(request.identity);
     const existing = this.records.get(id);
+    let decision: ClaimDecision | undefined;
     if (existing) {
       const observed = this.observe(existing);
-      const decision = decideClaim(observed, request.fingerprint, request.acceptedFingerprints);
+      decision = decideClaim(observed, request.fingerprint, request.acceptedFingerprints);
       if (decision !== 'reclaim' && decision !== 'take-over') return { claimed: false, observed };
     }
     const now = this.now();
     const record: IdempotencyRecord = {
       ...request.identity,
       status: 'in_progress',
-      fingerprint: request.fingerprint,
+      // A take-over is the same request: its fingerprint may be under a previous secret.
+      fingerprint: decision === 'take-over' ? existing!.fingerprint : request.fingerprint,
       ownerToken: request.ownerToken,
       lockedUntil: new Date(now + request.leaseMs),
       response: null,

@@ -117,11 +117,13 @@ RETURNING k.*`;
 
 /**
  * Slow path, step 2: re-claim an expired record or take over a lapsed lease, with a new
- * owner token (which fences out the previous owner). Guarded so it cannot fire on a live record.
+ * owner token (which fences out the previous owner). Guarded so it cannot fire on a live
+ * record. A take-over keeps the record's fingerprint: it is the same request, perhaps
+ * fingerprinted under a previous secret.
  */
 const SQL_RECLAIM = `
 UPDATE ${IDEMPOTENCY_TABLE} AS k
-SET fingerprint = $5, status = 'in_progress', owner_token = $6,
+SET fingerprint = CASE WHEN ${EXPIRED} THEN $5 ELSE k.fingerprint END, status = 'in_progress', owner_token = $6,
     locked_until = ${NOW} + $7::float8 ${MS}, expires_at = ${NOW} + $8::float8 ${MS},
     response = NULL, created_at = ${NOW}, completed_at = NULL
 WHERE ${IDENTITY} AND (${EXPIRED} OR ${LEASE_LAPSED})

@@ -216,6 +216,28 @@ describe('the database enforces the state machine, whatever SQL runs', () => {
   });
 });
 
+describe('sharedSecret()', () => {
+  // Every instance of an app must MAC fingerprints with the same secret, or a retry on
+  // another instance (or after a restart) would look like a different payload (422).
+  it('is created once and read by every store on the database, also when they start together', async () => {
+    const fresh = await createTestDatabase();
+    const sources = await Promise.all(Array.from({ length: 4 }, () => connect(fresh.url)));
+    try {
+      const secrets = await Promise.all(sources.map((source) => new PostgresIdempotencyStore(source).sharedSecret()));
+      expect(new Set(secrets.map((secret) => secret.toString('hex'))).size).toBe(1);
+      const { rows } = await fresh.pool.query("SELECT value FROM idempotency_settings WHERE name = 'fingerprint_secret'");
+      expect(rows).toHaveLength(1);
+      expect(Buffer.from(rows[0].value, 'base64').equals(secrets[0])).toBe(true);
+      const restarted = await connect(fresh.url);
+      expect((await new PostgresIdempotencyStore(restarted).sharedSecret()).equals(secrets[0])).toBe(true);
+      await restarted.destroy();
+    } finally {
+      await Promise.all(sources.map((source) => source.destroy()));
+      await fresh.drop();
+    }
+  });
+});
+
 describe('verify()', () => {
   it('resolves when the table exists', async () => {
     await expect(store.verify()).resolves.toBeUndefined();
@@ -229,6 +251,18 @@ describe('verify()', () => {
       const verifying = new PostgresIdempotencyStore(bareSource).verify();
       await expect(verifying).rejects.toThrow(/"idempotency_keys" does not exist/);
       await expect(verifying).rejects.toThrow(/idempotencyMigrations/);
+    } finally {
+      await bareSource.destroy();
+      await bare.drop();
+    }
+  });
+
+  it('names idempotency_settings when only that table is missing (the second migration was not run)', async () => {
+    const bare = await createTestDatabase();
+    const bareSource = await connect(bare.url);
+    try {
+      await bare.pool.query('DROP TABLE idempotency_settings');
+      await expect(new PostgresIdempotencyStore(bareSource).verify()).rejects.toThrow(/"idempotency_settings" does not exist/);
     } finally {
       await bareSource.destroy();
       await bare.drop();

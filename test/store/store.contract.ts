@@ -265,6 +265,17 @@ export function describeStoreContract(name: string, setup: () => Promise<StoreHa
         expect((await store.find(id))?.response).toEqual(RESPONSE);
       });
 
+      // After a secret rotation, the same request arrives with a new fingerprint and the old one as accepted.
+      it('with the fingerprint under a previous secret: takes over, keeping the stored fingerprint', async () => {
+        const id = identity();
+        won(await store.claim(request(id)));
+        await harness.advance(LEASE + SECOND);
+        const successor = request(id, { fingerprint: 'fp-rotated', acceptedFingerprints: ['fp-original'] });
+        const record = won(await store.claim(successor));
+        expect(record).toMatchObject({ ownerToken: successor.ownerToken, fingerprint: 'fp-original' });
+        expect(lost(await store.claim(request(id, { fingerprint: 'fp-rotated' })))).toMatchObject({ leaseLapsed: false });
+      });
+
       it('with a different fingerprint: no take-over, the lapsed record is observed', async () => {
         const id = identity();
         const original = request(id);
@@ -274,6 +285,15 @@ export function describeStoreContract(name: string, setup: () => Promise<StoreHa
         expect(observed).toMatchObject({ expired: false, leaseLapsed: true });
         expect(observed.record).toMatchObject({ fingerprint: 'fp-original', ownerToken: original.ownerToken });
         expect((await store.find(id))?.ownerToken).toBe(original.ownerToken);
+      });
+    });
+
+    describe('sharedSecret', () => {
+      it('is at least 32 random bytes and the same on every call', async () => {
+        const secret = await store.sharedSecret();
+        expect(secret.length).toBeGreaterThanOrEqual(32);
+        expect(new Set(secret).size).toBeGreaterThan(8);
+        expect((await store.sharedSecret()).equals(secret)).toBe(true);
       });
     });
 
