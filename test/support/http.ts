@@ -1,3 +1,5 @@
+import { type IncomingHttpHeaders, request } from 'node:http';
+
 export interface HttpResult {
   status: number;
   headers: Headers;
@@ -35,3 +37,48 @@ export async function send(base: string, method: string, path: string, options: 
 }
 
 export const post = (base: string, path: string, options: RequestOptions = {}) => send(base, 'POST', path, options);
+
+export interface RawRequestOptions {
+  method?: string;
+  /**
+   * Request headers, sent as given: an object, or a flat list of raw name/value pairs
+   * (`['Idempotency-Key', 'a', 'Idempotency-Key', 'b']`) to send one header in several lines.
+   * Unlike fetch, this may set `Host`.
+   */
+  headers?: Record<string, string> | string[];
+  body?: string | Buffer;
+}
+
+export interface RawHttpResult {
+  status: number;
+  headers: IncomingHttpHeaders;
+  text: string;
+  json: any;
+}
+
+/** One HTTP/1.1 request through node:http, for what fetch cannot send (a Host header, repeated header lines). */
+export function rawRequest(base: string, path: string, options: RawRequestOptions = {}): Promise<RawHttpResult> {
+  const url = new URL(path, base);
+  return new Promise((resolve, reject) => {
+    const outgoing = request(
+      { host: url.hostname, port: url.port, path: url.pathname + url.search, method: options.method ?? 'POST', headers: options.headers ?? {} },
+      (response) => {
+        const chunks: Buffer[] = [];
+        response.on('data', (chunk: Buffer) => chunks.push(chunk));
+        response.on('error', reject);
+        response.on('end', () => {
+          const text = Buffer.concat(chunks).toString('utf8');
+          let json: unknown;
+          try {
+            json = text ? JSON.parse(text) : undefined;
+          } catch {
+            json = undefined;
+          }
+          resolve({ status: response.statusCode ?? 0, headers: response.headers, text, json });
+        });
+      },
+    );
+    outgoing.on('error', reject);
+    outgoing.end(options.body);
+  });
+}

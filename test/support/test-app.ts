@@ -1,4 +1,4 @@
-import type { INestApplication } from '@nestjs/common';
+import type { INestApplication, NestApplicationOptions } from '@nestjs/common';
 import { FastifyAdapter } from '@nestjs/platform-fastify';
 import { Test } from '@nestjs/testing';
 
@@ -11,14 +11,26 @@ export interface RunningApp {
   close(): Promise<void>;
 }
 
+/** What a test may change about the application it starts; every field is optional. */
+export interface AppSetup {
+  /** Options of the Nest application (e.g. `rawBody: true`). */
+  options?: NestApplicationOptions;
+  /** Options of the Fastify instance (e.g. `bodyLimit`); ignored on Express. */
+  fastify?: ConstructorParameters<typeof FastifyAdapter>[0];
+  /** Runs before `listen`: a global prefix, versioning, body parsers. */
+  configure?(app: INestApplication, platform: Platform): void | Promise<void>;
+}
+
 /** Compiles a module into an app on the given platform, listening on a free port. */
-export async function startApp(module: unknown, platform: Platform): Promise<RunningApp> {
+export async function startApp(module: unknown, platform: Platform, setup: AppSetup = {}): Promise<RunningApp> {
   const moduleRef = await Test.createTestingModule({ imports: [module as never] }).compile();
+  const options: NestApplicationOptions = { logger: ['error', 'warn'], ...setup.options };
   const app =
     platform === 'express'
-      ? moduleRef.createNestApplication({ logger: ['error', 'warn'] })
-      : moduleRef.createNestApplication(new FastifyAdapter(), { logger: ['error', 'warn'] });
+      ? moduleRef.createNestApplication(options)
+      : moduleRef.createNestApplication(new FastifyAdapter(setup.fastify), options);
   try {
+    await setup.configure?.(app, platform);
     await app.listen(0, '127.0.0.1');
   } catch (error) {
     // A failed start-up still opened what it built (a DataSource's pool): close it.
