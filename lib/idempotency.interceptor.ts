@@ -11,6 +11,7 @@ import { IdempotencyError } from './errors.js';
 import type { Execution } from './execution.js';
 import { fingerprintParts, type IncomingRequest, readKey, resolveScope } from './http-request.js';
 import { type IdempotentRoute, IdempotentRoutes, servedRoute } from './idempotent-routes.js';
+import { declaredHeaders } from './route-metadata.js';
 import { runInTransaction } from './idempotent-transaction.js';
 import { IdempotencyService } from './idempotency.service.js';
 import type { StoredResponse } from './record.js';
@@ -80,7 +81,13 @@ export class IdempotencyInterceptor implements NestInterceptor {
           return of(await this.execute(outcome.execution, next, request, response));
       }
     } catch (error) {
-      if (error instanceof IdempotencyError) this.setHeaders(response, error.headers);
+      if (error instanceof IdempotencyError) {
+        // Nest sets a route's @Header() headers before interceptors run. They describe the
+        // route's own response (its Location, its ETag), which a problem (400, 409, 410, 422,
+        // 503) is not: remove them.
+        this.removeHeaders(response, declaredHeaders(context.getHandler()));
+        this.setHeaders(response, error.headers);
+      }
       throw error;
     }
   }
@@ -136,6 +143,11 @@ export class IdempotencyInterceptor implements NestInterceptor {
   private setHeaders(response: unknown, headers: Readonly<Record<string, string | string[]>>): void {
     // Both adapters pass arrays through to Node, which sends one header line per value.
     for (const [name, value] of Object.entries(headers)) this.adapterHost.httpAdapter.setHeader(response, name, value as string);
+  }
+
+  /** Express responses (Node's) and Fastify replies both have removeHeader(). */
+  private removeHeaders(response: unknown, names: readonly string[]): void {
+    for (const name of names) (response as { removeHeader(name: string): void }).removeHeader(name);
   }
 
   /** Express and Fastify replies both expose the status code set so far as `statusCode`. */

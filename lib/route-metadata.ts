@@ -14,6 +14,7 @@ const VERSION = '__version__';
 const ROUTE_ARGS = '__routeArguments__';
 const RESPONSE_PASSTHROUGH = '__responsePassthrough__';
 const SSE = '__sse__';
+const HEADERS = '__headers__';
 /** `@MessagePattern()` / `@EventPattern()` of `@nestjs/microservices`. */
 const MESSAGE_PATTERN = 'microservices:pattern';
 /** `@SubscribeMessage()` of `@nestjs/websockets`. */
@@ -63,6 +64,12 @@ export function hostOf(controller: Function): string | undefined {
   const host: unknown = Reflect.getMetadata(HOST, controller);
   if (host === undefined) return undefined;
   return Array.isArray(host) ? host.map(String).join(',') : String(host);
+}
+
+/** Names of the response headers a handler declares with `@Header()`. */
+export function declaredHeaders(handler: Function): string[] {
+  const headers: Array<{ name?: unknown }> = Reflect.getMetadata(HEADERS, handler) ?? [];
+  return headers.map(({ name }) => String(name));
 }
 
 export function isServerSentEvents(handler: Function): boolean {
