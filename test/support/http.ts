@@ -59,9 +59,18 @@ export interface RawHttpResult {
 /** One HTTP/1.1 request through node:http, for what fetch cannot send (a Host header, repeated header lines). */
 export function rawRequest(base: string, path: string, options: RawRequestOptions = {}): Promise<RawHttpResult> {
   const url = new URL(path, base);
+  let headers = options.headers ?? {};
+  if (Array.isArray(headers)) {
+    // Node sends a raw list as it is, without the Host and Content-Length it adds to an object.
+    const lines = [...headers];
+    const named = (name: string) => lines.some((value, i) => i % 2 === 0 && value.toLowerCase() === name);
+    if (!named('host')) lines.push('Host', url.host);
+    if (options.body !== undefined && !named('content-length')) lines.push('Content-Length', String(Buffer.byteLength(options.body)));
+    headers = lines;
+  }
   return new Promise((resolve, reject) => {
     const outgoing = request(
-      { host: url.hostname, port: url.port, path: url.pathname + url.search, method: options.method ?? 'POST', headers: options.headers ?? {} },
+      { host: url.hostname, port: url.port, path: url.pathname + url.search, method: options.method ?? 'POST', headers },
       (response) => {
         const chunks: Buffer[] = [];
         response.on('data', (chunk: Buffer) => chunks.push(chunk));
