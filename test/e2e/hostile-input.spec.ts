@@ -3,6 +3,7 @@ import type { INestApplication } from '@nestjs/common';
 import type { NestExpressApplication } from '@nestjs/platform-express';
 import type { NestFastifyApplication } from '@nestjs/platform-fastify';
 import { randomUUID } from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { IdempotencyModule, IdempotencyService, MemoryIdempotencyStore } from '../../lib/index.js';
 import { createTestDatabase, type TestDatabase } from '../support/database.js';
 import { post, rawRequest } from '../support/http.js';
@@ -217,6 +218,31 @@ describe.each(PLATFORMS)('hostile input (%s)', (platform) => {
         message = (error as Error).message;
       }
       expect(message).toMatch(new RegExp(`"${name}" must be .*2147483647, got ${value}`));
+    });
+
+    it('never runs two timer purges at once: a blocked purge makes the next ticks skip', async () => {
+      const running = await startApp(hostileModule(db.url, { purgeIntervalMs: 1000 }), platform);
+      // A SHARE lock on the table blocks every DELETE (SKIP LOCKED skips locked rows, not a
+      // table lock), so the first timer purge waits, holding its connection, until we let go.
+      const blocker = await db.pool.connect();
+      const waitingPurges = async () =>
+        (
+          await db.pool.query(
+            `SELECT count(*)::int AS n FROM pg_stat_activity
+              WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%DELETE FROM idempotency_keys%'`,
+          )
+        ).rows[0].n;
+      try {
+        await blocker.query('BEGIN');
+        await blocker.query('LOCK TABLE idempotency_keys IN SHARE MODE');
+        // Ticks at about 1, 2 and 3 s: overlapping purges would be three waiting DELETEs by now.
+        await sleep(3300);
+        expect(await waitingPurges()).toBe(1);
+      } finally {
+        await blocker.query('ROLLBACK');
+        blocker.release();
+        await running.close();
+      }
     });
 
     it("answers with the handler's 4xx and releases the key when the storeErrors policy throws (lease mode)", async () => {

@@ -44,6 +44,12 @@ export class HostileController {
     return { run: ran('echo'), body: describeBody(body) };
   }
 
+  @Post('reflect')
+  @Idempotent()
+  reflect(@Body() body: unknown) {
+    return { run: ran('reflect'), body };
+  }
+
   @Post('policy-throws')
   @Idempotent({
     storeErrors: () => {
