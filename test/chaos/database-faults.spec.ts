@@ -64,11 +64,18 @@ describe('chaos: database faults', () => {
     const app = await startBehindProxy({ PROVIDER_LATENCY_MS: '400' });
     const keys = Array.from({ length: 4 }, () => ({ key: randomUUID(), user: 'cut-' + randomUUID().slice(0, 8) }));
     const requests = keys.flatMap(({ key, user }) => burst(15, () => post(app.url, '/payments', { key, user, body: payment })));
-    await sleep(250);
+    // Cut while every key's owner is inside its handler, its transaction open.
+    await waitFor(async () => {
+      const { rows } = await db.pool.query(
+        `SELECT count(*)::int AS n FROM pg_stat_activity WHERE state = 'idle in transaction' AND datname = current_database()`,
+      );
+      return rows[0].n >= keys.length;
+    }, 'every owner to be inside its transaction');
     const cut = proxy.cut();
     const statuses = (await Promise.all(requests)).flat();
 
-    expect(cut).toBeGreaterThan(0);
+    expect(cut).toBeGreaterThanOrEqual(keys.length);
+    expect(statuses.filter((status) => status === 503).length).toBeGreaterThanOrEqual(keys.length);
     expect(statuses.every((status) => [201, 409, 503].includes(status as number))).toBe(true);
     await expectServing(app);
     for (const { key, user } of keys) {
