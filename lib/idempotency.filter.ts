@@ -15,6 +15,8 @@ export class IdempotencyExceptionFilter implements ExceptionFilter<IdempotencyEr
     const { httpAdapter } = this.adapterHost;
     const response = host.switchToHttp().getResponse();
     httpAdapter.setHeader(response, 'Content-Type', 'application/problem+json');
-    httpAdapter.reply(response, error.getProblem(), error.getStatus());
+    // Sent as text: NestJS 11's Express adapter replaces the content type of an object
+    // error body with application/json, which would lose the problem media type.
+    httpAdapter.reply(response, JSON.stringify(error.getProblem()), error.getStatus());
   }
 }
