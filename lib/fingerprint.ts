@@ -51,19 +51,28 @@ export function fingerprintOf(parts: FingerprintParts, secret: FingerprintSecret
   return new Fingerprinter(secret).of(parts)[0];
 }
 
+/**
+ * Each part is written as `<tag><byte length>:<content>`, so that no content can imitate
+ * the next part: a text body ending in what looks like a path-parameter section must not
+ * fingerprint like a shorter body plus those parameters.
+ */
 function writeParts(parts: FingerprintParts, write: (chunk: string | Buffer) => void): void {
+  const section = (tag: string, content: string | Buffer) => {
+    write(`${tag}${Buffer.byteLength(content)}:`);
+    write(content);
+  };
   const { body } = parts;
   // Bodies that arrive as bytes or text (non-JSON content types) are taken as they are.
-  if (Buffer.isBuffer(body)) (write('b:'), write(body));
-  else if (typeof body === 'string') (write('s:'), write(body));
-  else (write('j:'), write(canonicalJson(body ?? null)));
+  if (Buffer.isBuffer(body)) section('b', body);
+  else if (typeof body === 'string') section('s', body);
+  else section('j', canonicalJson(body ?? null));
   const sections = [
     ['p', parts.params],
     ['o', parts.hosts],
     ['q', parts.query],
     ['h', parts.headers],
   ] as const;
-  for (const [tag, value] of sections) if (value !== undefined) write(`\0${tag}:${canonicalJson(value)}`);
+  for (const [tag, value] of sections) if (value !== undefined) section(tag, canonicalJson(value));
 }
 
 /**

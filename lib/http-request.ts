@@ -73,6 +73,12 @@ export async function resolveScope(
     );
     throw new UnresolvedScopeError();
   }
+  // PostgreSQL text holds neither NUL nor lone surrogates (which the driver would turn into
+  // U+FFFD, so that "caf\ud800" and "caf\ufffd" would be one caller): refuse, never merge.
+  if (scope.includes('\0') || !scope.isWellFormed()) {
+    logger.error(`${where}: the scope resolver returned a string with NUL or a lone surrogate, which cannot be stored faithfully.`);
+    throw new UnresolvedScopeError();
+  }
   return scope;
 }
 

@@ -11,11 +11,11 @@ import { IdempotencyError } from './errors.js';
 import type { Execution } from './execution.js';
 import { fingerprintParts, type IncomingRequest, readKey, resolveScope } from './http-request.js';
 import { type IdempotentRoute, IdempotentRoutes, servedRoute } from './idempotent-routes.js';
-import { declaredHeaders } from './route-metadata.js';
+import { declaredHeaders, SAFE_METHODS } from './route-metadata.js';
 import { runInTransaction } from './idempotent-transaction.js';
 import { IdempotencyService } from './idempotency.service.js';
 import type { StoredResponse } from './record.js';
-import { captureError, captureResult, replayValue } from './stored-response.js';
+import { captureError, captureResult, replayValue, unreplayable } from './stored-response.js';
 
 /** The de-facto replay marker (Stripe and others); the draft defines none. */
 export const REPLAYED_HEADER = 'Idempotent-Replayed';
@@ -23,8 +23,6 @@ export const REPLAYED_HEADER = 'Idempotent-Replayed';
 /** Set by @nestjs/core 11.2.8+ and 12.3+ on a request whose pipes rejected it (its handler did not run). */
 const REJECTED_BY_PIPES = Symbol.for('nestjs:rejected-by-pipes');
 
-/** Requests that must not change state (RFC 9110 §9.2.1): never claimed, even under a class-wide @Idempotent(). */
-const SAFE_METHODS = new Set(['GET', 'HEAD', 'OPTIONS']);
 
 /**
  * The HTTP mapping: request in, stored response out. Registered globally by
@@ -49,7 +47,8 @@ export class IdempotencyInterceptor implements NestInterceptor {
     }
     const http = context.switchToHttp();
     const request = http.getRequest<IncomingRequest>();
-    if (SAFE_METHODS.has(request.method)) return next.handle();
+    // Requests that must not change state pass a class-wide @Idempotent() untouched.
+    if (route.safeMethodsPass && SAFE_METHODS.has(request.method)) return next.handle();
     return from(this.handle(route, request, http.getResponse(), context, next)).pipe(mergeAll());
   }
 
@@ -115,8 +114,12 @@ export class IdempotencyInterceptor implements NestInterceptor {
         options.maxResponseBytes,
       );
     } catch (error) {
-      // Not serialisable (a cycle, a BigInt): the platform could not send it either.
-      await this.service.release(execution);
+      // Not serialisable (a cycle, a BigInt): the platform cannot send it either, so the
+      // client gets a 500. In lease mode the effect has happened: the key is completed as
+      // not replayable (a retry gets 410), never released to run again. In transactional
+      // mode the effect is rolled back with the claim.
+      if (transaction) await this.service.release(execution);
+      else await this.service.complete(execution, unreplayable(this.statusOf(response), `the result could not be serialised (${describe(error)})`));
       throw error;
     }
     const instead = await this.service.complete(execution, captured.stored);
@@ -154,4 +157,8 @@ export class IdempotencyInterceptor implements NestInterceptor {
   private statusOf(response: unknown): number {
     return (response as { statusCode: number }).statusCode;
   }
+}
+
+function describe(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
 }

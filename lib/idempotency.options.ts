@@ -189,10 +189,12 @@ const defaultScope: ScopeResolver = (request) => {
     );
   }
   const id = user.id ?? user.sub ?? user.userId;
-  if (id === undefined || id === null || id === '') {
+  // Only ids whose text is the id: String() of an object is "[object Object]" for every user.
+  const usable = (typeof id === 'string' && id !== '') || (typeof id === 'number' && Number.isFinite(id)) || typeof id === 'bigint';
+  if (!usable) {
     throw new Error(
-      'request.user has no id, sub or userId, so the caller cannot be told apart; ' +
-        'set the "scope" option to return the caller\'s identity.',
+      `request.user has no usable id, sub or userId (a non-empty string or a number; found ${id === null ? 'null' : typeof id}), ` +
+        'so the caller cannot be told apart; set the "scope" option to return the caller\'s identity.',
     );
   }
   return String(id);
@@ -246,6 +248,7 @@ export function resolveRouteOptions(
     for (const [name, value] of Object.entries(source ?? {})) {
       if (value === undefined) continue;
       if (name === 'fingerprint') {
+        if (value === null || typeof value !== 'object') throw new Error('IdempotencyModule: "fingerprint" must be an object.');
         for (const [field, setting] of Object.entries(value)) if (setting !== undefined) fingerprint[field] = setting;
       } else {
         merged[name] = value;
@@ -254,6 +257,11 @@ export function resolveRouteOptions(
   }
   const resolved = merged as ResolvedRouteOptions;
   const { query, headers } = fingerprint as ResolvedRouteOptions['fingerprint'];
+  for (const [name, list] of [['fingerprint.headers', headers], ['replayHeaders', resolved.replayHeaders]] as const) {
+    if (!Array.isArray(list) || !list.every((item) => typeof item === 'string')) {
+      throw new Error(`IdempotencyModule: "${name}" must be an array of header names.`);
+    }
+  }
   return {
     ...resolved,
     fingerprint: { query, headers: headers.map((h) => h.toLowerCase()) },
@@ -289,6 +297,14 @@ export function validateOptions(options: ResolvedRouteOptions, where: string): v
   if (!Number.isInteger(options.retryAfterSeconds) || options.retryAfterSeconds < 0 || options.retryAfterSeconds > 86_400) {
     throw new Error(`IdempotencyModule: ${where}: "retryAfterSeconds" must be a whole number of seconds up to a day.`);
   }
+  for (const name of ['required', 'transactional'] as const) {
+    if (typeof options[name] !== 'boolean') {
+      throw new Error(`IdempotencyModule: ${where}: "${name}" must be true or false, got ${JSON.stringify(options[name])}.`);
+    }
+  }
+  if (typeof options.fingerprint.query !== 'boolean') {
+    throw new Error(`IdempotencyModule: ${where}: "fingerprint.query" must be true or false.`);
+  }
   for (const name of ['scope', 'storeErrors'] as const) {
     if (typeof options[name] !== 'function') {
       throw new Error(`IdempotencyModule: ${where}: "${name}" must be a function.`);
@@ -304,6 +320,12 @@ export function validateOptions(options: ResolvedRouteOptions, where: string): v
 
 /** Checks the options only the module has (the route options are checked per route). */
 export function validateModuleOptions(options: IdempotencyModuleOptions): void {
+  if (options === null || typeof options !== 'object') {
+    throw new Error(
+      `IdempotencyModule: the module options are ${options === null ? 'null' : typeof options}; ` +
+        'return an object from the options factory ({} for every default).',
+    );
+  }
   const interval = options.purgeIntervalMs;
   if (interval !== undefined && interval !== false && (!Number.isInteger(interval) || interval < 1000 || interval > MAX_TIMER_MS)) {
     throw new Error(
@@ -311,6 +333,9 @@ export function validateModuleOptions(options: IdempotencyModuleOptions): void {
     );
   }
   const secrets = options.fingerprintSecret === undefined ? [] : [options.fingerprintSecret].flat();
+  if (options.fingerprintSecret !== undefined && secrets.length === 0) {
+    throw new Error('IdempotencyModule: "fingerprintSecret" is an empty list; give at least one secret, or leave it out.');
+  }
   for (const secret of secrets) {
     const length = Buffer.isBuffer(secret) ? secret.length : typeof secret === 'string' ? Buffer.byteLength(secret) : 0;
     if (length < 16) {

@@ -30,6 +30,7 @@ const LOCK_TIMEOUT = '55P03';
 
 /** Scopes longer than this are stored as their SHA-256, so that they fit the primary key's index entry. */
 const MAX_STORED_SCOPE_BYTES = 256;
+const HASHED_SCOPE = 'sha256:';
 
 /**
  * The idempotency flow: claim, wait, replay, complete, release; plus purge and look-up.
@@ -205,7 +206,7 @@ export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
    * throw: the handler's own, or 503 when the transaction's connection broke under it.
    */
   async fail(execution: Execution, error: unknown, capture: () => StoredResponse | undefined): Promise<unknown> {
-    if (execution.transaction?.lost) {
+    if (execution.transaction?.isLost(error)) {
       await this.release(execution);
       return this.unavailable(error);
     }
@@ -387,11 +388,13 @@ export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
 
 /**
  * The scope as stored: long ones (a 3000-character subject) as their SHA-256, since the
- * record's identity is a primary key whose index entries have a size limit.
+ * record's identity is a primary key whose index entries have a size limit. A scope that
+ * already looks like such a hash is hashed too, so that no caller can pick a scope equal to
+ * another caller's stored hash.
  */
 export function storedScope(scope: string): string {
-  if (Buffer.byteLength(scope, 'utf8') <= MAX_STORED_SCOPE_BYTES) return scope;
-  return 'sha256:' + createHash('sha256').update(scope, 'utf8').digest('hex');
+  if (Buffer.byteLength(scope, 'utf8') <= MAX_STORED_SCOPE_BYTES && !scope.startsWith(HASHED_SCOPE)) return scope;
+  return HASHED_SCOPE + createHash('sha256').update(scope, 'utf8').digest('hex');
 }
 
 /** 20 ms doubling to 250 ms, with jitter so that waiters do not poll in lock-step. */

@@ -31,6 +31,11 @@ export interface IdempotentRoute {
   readonly qualifier: string;
   /** Request header name to read, lower-case. */
   readonly keyHeader: string;
+  /**
+   * Whether safe requests (GET, HEAD, ...) pass through untouched: under a class-wide
+   * `@Idempotent()`. A method-level one on an `@All()` route guards every method.
+   */
+  readonly safeMethodsPass: boolean;
 }
 
 /**
@@ -55,6 +60,15 @@ export class IdempotentRoutes implements OnModuleInit {
   ) {}
 
   onModuleInit(): void {
+    const instances = this.discovery.getProviders().filter((wrapper) => wrapper.metatype === IdempotentRoutes).length;
+    if (instances > 1) {
+      // Each import registers a global interceptor: every request would be claimed twice and
+      // answer 409 to itself.
+      throw new Error(
+        `IdempotencyModule is imported ${instances} times. Import IdempotencyModule.forRoot() (or forRootAsync()) ` +
+          'once, in the root module: it is global, so feature modules need no import of their own.',
+      );
+    }
     validateOptions(resolveRouteOptions(this.moduleOptions), 'module options');
     const controllers = new Set<Function>();
     for (const wrapper of this.discovery.getControllers()) {
@@ -121,6 +135,7 @@ export class IdempotentRoutes implements OnModuleInit {
       declaredPattern: routePattern(pathsOf(controller), pathsOf(handler)),
       qualifier: (host === undefined ? '' : ` host=${host}`) + (version === undefined ? '' : ` version=${version}`),
       keyHeader: options.headerName.toLowerCase(),
+      safeMethodsPass: !onMethod,
     };
   }
 

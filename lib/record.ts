@@ -65,6 +65,8 @@ export interface StoredResponse {
    * object, which would reorder keys and drop spacing), so replays are byte-identical.
    */
   readonly body?: string;
+  /** For `binary`: the handler returned a Uint8Array that is not a Buffer. */
+  readonly uint8array?: boolean;
   /** For `json`: the handler returned an object whose JSON form is a primitive (e.g. a Date). */
   readonly boxed?: boolean;
   /** `base64` for bytes, and for text that JSONB cannot hold (NUL, lone surrogates). */

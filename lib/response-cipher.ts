@@ -19,6 +19,7 @@ export class ResponseCipher {
   private readonly current?: string;
 
   constructor(keys: readonly ResponseEncryptionKey[] = []) {
+    if (!Array.isArray(keys)) throw new Error('IdempotencyModule: "encryptionKeys" must be an array of { id, key }.');
     this.keys = new Map();
     for (const { id, key } of keys) {
       if (typeof id !== 'string' || id.length === 0 || id.length > 64) {

@@ -20,12 +20,20 @@ const MESSAGE_PATTERN = 'microservices:pattern';
 /** `@SubscribeMessage()` of `@nestjs/websockets`. */
 const WEBSOCKET_MESSAGE = 'message';
 
-/** `RequestMethod` values of the methods that must not change state (RFC 9110 §9.2.1). */
+/**
+ * `RequestMethod` values of the methods that must not change state (RFC 9110 §9.2.1;
+ * SEARCH and PROPFIND from WebDAV). `ALL` (5) is not among them: it serves every method.
+ */
 const SAFE_REQUEST_METHODS = new Map([
   [0, 'GET'],
   [6, 'OPTIONS'],
   [7, 'HEAD'],
+  [8, 'SEARCH'],
+  [9, 'PROPFIND'],
 ]);
+
+/** The same methods by name, as requests carry them. */
+export const SAFE_METHODS: ReadonlySet<string> = new Set([...SAFE_REQUEST_METHODS.values(), 'TRACE']);
 /** `RouteParamtypes.RESPONSE` and `.NEXT`: parameters through which a handler answers by itself. */
 const RESPONSE_PARAM_TYPES = new Set([1, 2]);
 

@@ -31,7 +31,10 @@ export async function captureResult(result: unknown, meta: ResponseMeta, maxByte
   } else if (typeof result === 'string') {
     stored = { ...meta, kind: 'text', ...encodeText(result) };
   } else if (result instanceof Uint8Array) {
-    stored = { ...meta, kind: 'binary', body: Buffer.from(result).toString('base64'), encoding: 'base64' };
+    // A plain Uint8Array is not a Buffer to the platform (Express sends it as JSON): replay the same type.
+    const uint8array = !Buffer.isBuffer(result);
+    const body = Buffer.from(result.buffer, result.byteOffset, result.byteLength).toString('base64');
+    stored = { ...meta, kind: 'binary', body, encoding: 'base64', ...(uint8array && { uint8array }) };
   } else {
     // JSON text, not a JSONB object: JSONB would reorder keys and the replay would differ.
     const body: string | undefined = JSON.stringify(result);
@@ -58,7 +61,7 @@ export function replayValue(stored: StoredResponse): unknown {
     case 'text':
       return decode(stored).toString('utf8');
     case 'binary':
-      return decode(stored);
+      return stored.uint8array ? new Uint8Array(decode(stored)) : decode(stored);
     case 'file':
       return new StreamableFile(decode(stored), stored.file);
     case 'empty':
@@ -119,7 +122,12 @@ function withinLimit(stored: StoredResponse, result: unknown, maxBytes: number):
  * (its Location, ETag, Content-Disposition) belong on it.
  */
 function notReplayable(meta: ResponseMeta, reason: string): StoredResponse {
-  return { status: meta.status, headers: {}, kind: 'unreplayable', reason };
+  return unreplayable(meta.status, reason);
+}
+
+/** A completed execution whose response cannot be replayed: retries get 410, never a second run. */
+export function unreplayable(status: number, reason: string): StoredResponse {
+  return { status, headers: {}, kind: 'unreplayable', reason };
 }
 
 /** JSONB text cannot hold NUL or lone surrogates: such strings are kept as base64 of their UTF-8. */

@@ -128,8 +128,11 @@ export interface StoreTransaction {
   /** Discards the handler's writes, keeping the claim (a stored 4xx error). */
   discardHandlerWrites(): Promise<void>;
   complete(identity: RecordIdentity, ownerToken: string, response: ResponsePayload, ttlMs: number): Promise<boolean>;
-  /** Whether the connection broke while the transaction was open (the database rolled it back). */
-  readonly lost: boolean;
+  /**
+   * Whether the connection broke while the transaction was open (the database rolled it
+   * back); `cause`, an error the handler threw, may tell it before the connection does.
+   */
+  isLost(cause?: unknown): boolean;
   /** Commits the record and the handler's writes together; throws if it could not. */
   commit(): Promise<void>;
   /** Rolls everything back, the claim included; never throws, and is a no-op once settled. */

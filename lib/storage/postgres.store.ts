@@ -24,6 +24,27 @@ interface PoolClient extends Queryable {
 }
 interface Pool extends Queryable {
   connect(): Promise<PoolClient>;
+  on(event: 'acquire', listener: (client: PoolClient) => void): unknown;
+}
+
+const guarded = new WeakSet<object>();
+
+/**
+ * node-postgres drops the pool's own 'error' listener from a client the moment it hands the
+ * client out, and a connection that breaks in that same tick (a FATAL message read with the
+ * reply before it) emits 'error' before any later listener exists: an unhandled 'error'
+ * event ends the process. So every client of the pool gets a listener of its own, attached
+ * synchronously on 'acquire', for good. It only keeps the process alive: the broken
+ * connection still fails the query that uses it, and the pool discards it.
+ */
+function guardClients(pool: Pool): void {
+  if (guarded.has(pool)) return;
+  guarded.add(pool);
+  pool.on('acquire', (client) => {
+    if (guarded.has(client)) return;
+    guarded.add(client);
+    client.on('error', () => {});
+  });
 }
 
 export const IDEMPOTENCY_TABLE = 'idempotency_keys';
@@ -181,6 +202,9 @@ SELECT value FROM ${SETTINGS_TABLE} WHERE name = 'fingerprint_secret'`;
 /** The slow path's transaction: its lock waits are bounded, and no server-side statement time-out cuts them short instead. */
 const SQL_BEGIN_SLOW_PATH = "BEGIN; SET LOCAL lock_timeout = '5s'; SET LOCAL statement_timeout = 0";
 
+/** The server ended the session: admin_shutdown, crash_shutdown, cannot_connect_now (class 08 is connection exceptions). */
+const CONNECTION_ENDED = new Set(['57P01', '57P02', '57P03']);
+
 /** PostgreSQL's query_canceled: a statement_timeout ran out (or the statement was cancelled). */
 const QUERY_CANCELED = '57014';
 
@@ -206,6 +230,7 @@ export class PostgresIdempotencyStore extends IdempotencyStore {
     // The driver's pool exists once the DataSource is initialised, which
     // TypeOrmModule does before any provider that injects it is created.
     this.pool = (dataSource.driver as unknown as { master: Pool }).master;
+    guardClients(this.pool);
   }
 
   async claim(request: ClaimRequest): Promise<ClaimResult> {
@@ -337,7 +362,7 @@ export class PostgresIdempotencyStore extends IdempotencyStore {
  */
 class PostgresStoreTransaction implements StoreTransaction {
   private settled = false;
-  lost = false;
+  private lost = false;
   private readonly onError = () => {
     this.lost = true;
   };
@@ -352,6 +377,21 @@ class PostgresStoreTransaction implements StoreTransaction {
 
   get manager(): EntityManager {
     return this.runner.manager;
+  }
+
+  /**
+   * Whether the connection broke: its 'error' event came, or `cause` (what the handler
+   * threw) is a connection failure, which can reach the handler before the event does.
+   */
+  isLost(cause?: unknown): boolean {
+    if (this.lost) return true;
+    const error = cause as { code?: unknown; driverError?: { code?: unknown; message?: unknown }; message?: unknown } | undefined;
+    const code = error?.driverError?.code ?? error?.code;
+    const message = String(error?.driverError?.message ?? error?.message ?? '');
+    return (
+      (typeof code === 'string' && (code.startsWith('08') || CONNECTION_ENDED.has(code))) ||
+      /Connection terminated|not queryable|Client was closed/i.test(message)
+    );
   }
 
   async claim(request: ClaimRequest, waitUntil: number): Promise<ClaimResult> {

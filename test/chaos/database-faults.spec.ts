@@ -164,6 +164,38 @@ describe('chaos: database faults', () => {
     console.log(`outage during completion: ${cut} connections cut, 1.5 s down, e-mails 1, result stored after the outage`);
   });
 
+  // Backends killed while the pool hands connections out: node-postgres drops its own
+  // 'error' listener at the hand-off, and a FATAL read in that tick must not end the process.
+  it('a storm of killed backends under load: the process survives and every key completes', async () => {
+    const app = await cluster.start({ DATABASE_URL: `${db.url}?application_name=storm-app`, IDEMPOTENCY_LEASE_MS: '1500' });
+    const keys = Array.from({ length: 50 }, () => ({ key: randomUUID(), user: 'storm-' + randomUUID().slice(0, 8) }));
+    let storming = true;
+    let killed = 0;
+    const storm = (async () => {
+      while (storming) {
+        const { rows } = await db.pool.query(
+          "SELECT count(pg_terminate_backend(pid))::int AS n FROM pg_stat_activity WHERE application_name = 'storm-app'",
+        );
+        killed += rows[0].n;
+        await sleep(25);
+      }
+    })();
+    const statuses = (
+      await Promise.all(keys.map(({ key, user }) => burst(3, () => post(app.url, '/emails', { key, user, body: email }))))
+    ).flat();
+    await sleep(500);
+    storming = false;
+    await storm;
+
+    expect(killed).toBeGreaterThan(0);
+    await expectServing(app);
+    for (const { key, user } of keys) {
+      await retryUntilDone(() => post(app.url, '/emails', { key, user, body: email }), (status) => status === 202);
+      expect(await cluster.record(key)).toMatchObject({ status: 'completed' });
+    }
+    console.log(`kill storm: ${killed} backends killed, ${statuses.length} requests on ${keys.length} keys, statuses ${summary(statuses)}`);
+  });
+
   it('a connection cut while a slow-path claim waits on a row lock gives 503, and the process keeps serving', async () => {
     const app = await startBehindProxy({});
     const key = randomUUID();

@@ -149,7 +149,7 @@ describe.each(PLATFORMS)('hostile input (%s)', (platform) => {
   });
 
   describe('scopes', () => {
-    it.each(['undefined', 'null', 'empty', 'number', 'throws'])(
+    it.each(['undefined', 'null', 'empty', 'number', 'throws', 'nul', 'lone-surrogate'])(
       'refuses the request with 500 scope-unresolved when the resolver gives no identity (%s)',
       async (which) => {
         const key = randomUUID();
@@ -159,6 +159,29 @@ describe.each(PLATFORMS)('hostile input (%s)', (platform) => {
         expect(await rows(key)).toEqual([]);
       },
     );
+
+    // Stored as UTF-8, "caf\ud800" would become "caf\ufffd": another caller's scope.
+    it('never lets a scope with a lone surrogate reach the record of its U+FFFD look-alike', async () => {
+      const key = randomUUID();
+      const first = await post(base, '/echo', { key, body: {}, headers: { 'x-scope': 'replacement-char' } });
+      expect(first.status).toBe(201);
+      const imitation = await post(base, '/echo', { key, body: {}, headers: { 'x-scope': 'lone-surrogate' } });
+      expectProblem(imitation, 500, 'scope-unresolved');
+    });
+
+    // A caller who may pick its own id must not be able to pick another caller's stored hash.
+    it('keeps a short scope that looks like a stored hash apart from the long scope it imitates', async () => {
+      const key = randomUUID();
+      const subject = 'v'.repeat(300);
+      const victim = await post(base, '/echo', { key, body: {}, headers: { 'x-scope': 'subject', 'x-subject': subject } });
+      expect(victim.status).toBe(201);
+      const [stored] = await rows(key);
+      const attacker = await post(base, '/echo', { key, body: {}, headers: { 'x-scope': 'subject', 'x-subject': stored.scope } });
+      expect(attacker.status).toBe(201);
+      expect(attacker.headers.get('idempotent-replayed')).toBeNull();
+      expect(attacker.text).not.toBe(victim.text);
+      expect(await rows(key)).toHaveLength(2);
+    });
 
     it('answers with the HttpException the resolver throws', async () => {
       const key = randomUUID();
@@ -192,6 +215,11 @@ describe.each(PLATFORMS)('hostile input (%s)', (platform) => {
         const before = calls.count('anonymous');
         expectProblem(await post(running.url, '/anonymous', { key, body: {} }), 500, 'scope-unresolved');
         expect(calls.count('anonymous')).toBe(before);
+        expect(await rows(key)).toEqual([]);
+
+        // String({ tenant, name }) is "[object Object]" for every user: refused, not shared.
+        const objectId = await post(running.url, '/object-id', { key, body: {}, headers: { 'x-user': 'alice' } });
+        expectProblem(objectId, 500, 'scope-unresolved');
         expect(await rows(key)).toEqual([]);
 
         const signedIn = await post(running.url, '/signed-in', { key, body: {} });

@@ -189,6 +189,14 @@ describe('IdempotencyModule wiring', () => {
     expect(message).toMatch(/TransactionalController\.create is transactional.*PostgreSQL store/);
   });
 
+  // Two imports register two global interceptors: each request would be claimed twice and answer 409 to itself.
+  it('fails at start-up when IdempotencyModule is imported twice', async () => {
+    @Module({ imports: [IdempotencyModule.forRoot({ store: MemoryIdempotencyStore, concurrency: 'wait' })] })
+    class FeatureModule {}
+    const message = await bootError([IdempotencyModule.forRoot({ store: MemoryIdempotencyStore }), FeatureModule]);
+    expect(message).toMatch(/IdempotencyModule is imported 2 times\. Import IdempotencyModule\.forRoot\(\) .* once/);
+  });
+
   it('fails at start-up for an option that cannot work', async () => {
     const message = await bootError([IdempotencyModule.forRoot({ store: MemoryIdempotencyStore, leaseMs: 0 })]);
     expect(message).toMatch(/"leaseMs" must be a whole number from 30 to 2147483647, got 0/);

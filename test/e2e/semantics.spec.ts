@@ -3,7 +3,7 @@ import { randomUUID } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fingerprintOf, IdempotencyService, IdempotencyStore, PROBLEM_TYPE_BASE } from '../../lib/index.js';
 import { admin, createTestDatabase, type TestDatabase } from '../support/database.js';
-import { type HttpResult, post } from '../support/http.js';
+import { type HttpResult, post, send } from '../support/http.js';
 import { Calls, probeModule } from '../support/probe-app.js';
 import { PLATFORMS, type RunningApp, startApp } from '../support/test-app.js';
 
@@ -84,7 +84,7 @@ describe.each(PLATFORMS)('idempotency semantics over HTTP (%s)', (platform) => {
     });
 
     it('replays text (with a NUL), bytes, files and empty responses exactly', async () => {
-      for (const path of ['/text', '/binary', '/file', '/empty', '/date']) {
+      for (const path of ['/text', '/binary', '/uint8array', '/file', '/empty', '/date']) {
         const key = randomUUID();
         const name = path.slice(1);
         const before = calls.count(name);
@@ -99,6 +99,29 @@ describe.each(PLATFORMS)('idempotency semantics over HTTP (%s)', (platform) => {
         expect(retry.headers.get('idempotent-replayed')).toBe('true');
         expect(calls.count(name)).toBe(before + 1);
       }
+    });
+
+    // In lease mode the effect has happened before the result turned out unsendable: a retry must not run it again.
+    it('completes a result that cannot be serialised as not replayable: 500 once, then 410, one execution', async () => {
+      const key = randomUUID();
+      const before = calls.count('unserialisable');
+      expect((await post(base, '/unserialisable', { key })).status).toBe(500);
+      expectProblem(await post(base, '/unserialisable', { key }), 410, 'response-not-replayable');
+      expect(calls.count('unserialisable')).toBe(before + 1);
+      expect((await rows(key))[0]).toMatchObject({ status: 'completed', response: { kind: 'unreplayable' } });
+    });
+
+    // A method-level @Idempotent() on @All() guards every method it serves, GET included.
+    it('guards every method of an @All() route decorated on the method', async () => {
+      expectProblem(await send(base, 'GET', '/all-methods'), 400, 'missing-key');
+      const key = randomUUID();
+      const before = calls.count('all-methods');
+      const first = await send(base, 'GET', '/all-methods', { key });
+      const retry = await send(base, 'GET', '/all-methods', { key });
+      expect(first.status).toBe(200);
+      expect(retry.headers.get('idempotent-replayed')).toBe('true');
+      expect(retry.text).toBe(first.text);
+      expect(calls.count('all-methods')).toBe(before + 1);
     });
 
     it('sends an oversized response once and answers retries with 410 instead of running again', async () => {

@@ -135,6 +135,31 @@ describe.each(PLATFORMS)('transactional mode over HTTP (%s)', (platform) => {
     expect(calls.count('policy-throws')).toBe(2);
   });
 
+  // The handler's own statement sees the broken connection before its 'error' event does.
+  it('answers 503 when the connection breaks under the handler\'s own query, and the retry runs once', async () => {
+    const who = owner();
+    const key = randomUUID();
+    const pending = post(base, `/tx-query/${who}`, { key });
+    let pid: number | undefined;
+    const deadline = Date.now() + 10_000;
+    while (pid === undefined && Date.now() < deadline) {
+      const { rows } = await db.pool.query("SELECT pid FROM pg_stat_activity WHERE query LIKE '%pg_sleep(1.5)%' AND pid <> pg_backend_pid()");
+      pid = rows[0]?.pid;
+      if (pid === undefined) await sleep(20);
+    }
+    expect(pid).toBeDefined();
+    await db.pool.query('SELECT pg_terminate_backend($1)', [pid]);
+    const failed = await pending;
+    expect(failed.status).toBe(503);
+    expect(failed.headers.get('content-type')).toMatch(/^application\/problem\+json/);
+    expect(failed.json.type).toBe(`${PROBLEM_TYPE_BASE}store-unavailable`);
+    expect(await record(key)).toBeUndefined();
+    expect(await payments(who)).toEqual([]);
+    const retry = await post(base, `/tx-query/${who}`, { key });
+    expect(retry.status).toBe(201);
+    expect(await payments(who)).toHaveLength(1);
+  });
+
   it('refuses the EntityManager to a route that is not transactional', async () => {
     const response = await post(base, '/manager-outside', { key: randomUUID() });
     expect(response.status).toBe(500);

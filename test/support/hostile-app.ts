@@ -95,6 +95,10 @@ export function scopeByHeader(request: { headers: Record<string, string | undefi
       throw new UnauthorizedException('who are you?');
     },
     subject: () => request.headers['x-subject'],
+    // As a JSON-decoded claim can carry them (a JWT "sub" of "caf\ud800" or "a\u0000b").
+    nul: () => 'a\0b',
+    'lone-surrogate': () => 'caf\ud800',
+    'replacement-char': () => 'caf\ufffd',
   };
   const which = request.headers['x-scope'];
   return (which === undefined ? 'tester' : broken[which]()) as string;
@@ -122,8 +126,25 @@ class SignedIn implements CanActivate {
   }
 }
 
+/** Principals whose id is not a usable text: the default scope must not stringify them. */
+@Injectable()
+class ObjectIdUser implements CanActivate {
+  canActivate(context: ExecutionContext): boolean {
+    const request = context.switchToHttp().getRequest();
+    request.user = { id: { tenant: 't1', name: request.headers['x-user'] } };
+    return true;
+  }
+}
+
 @Controller()
 export class DefaultScopeController {
+  @Post('object-id')
+  @UseGuards(ObjectIdUser)
+  @Idempotent()
+  objectId() {
+    return { run: ran('object-id') };
+  }
+
   @Post('anonymous')
   @Idempotent()
   anonymous() {

@@ -1,4 +1,5 @@
 import {
+  All,
   Body,
   Controller,
   type DynamicModule,
@@ -153,6 +154,39 @@ class ProbeController {
   binary() {
     this.calls.hit('binary');
     return Buffer.from([0, 1, 2, 255, 254, this.calls.count('binary')]);
+  }
+
+  @Post('uint8array')
+  @Idempotent()
+  uint8array() {
+    this.calls.hit('uint8array');
+    // What pdf-lib's save() and WebCrypto return: not a Buffer (Express sends it as JSON).
+    return new Uint8Array([104, 105, this.calls.count('uint8array')]);
+  }
+
+  @Post('unserialisable')
+  @Idempotent()
+  unserialisable() {
+    this.calls.hit('unserialisable');
+    // The effect happened; then the result cannot be sent (JSON has no BigInt).
+    return { amount: 10n };
+  }
+
+  @All('all-methods')
+  @Idempotent()
+  allMethods() {
+    this.calls.hit('all-methods');
+    return { ran: this.calls.count('all-methods') };
+  }
+
+  @Post('tx-query/:owner')
+  @Idempotent({ transactional: true })
+  async transactionalQuery(@Param('owner') owner: string, @IdempotentManager() manager: EntityManager) {
+    this.calls.hit('tx-query');
+    await manager.query("INSERT INTO payments (user_id, amount, currency, status) VALUES ($1, 3, 'EUR', 'succeeded')", [owner]);
+    // The handler's own statement is where the connection breaks.
+    await manager.query('SELECT pg_sleep(1.5), $1::text AS marker', ['tx-query-sleep']);
+    return { ran: this.calls.count('tx-query') };
   }
 
   @Post('file')

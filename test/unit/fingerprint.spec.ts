@@ -112,6 +112,13 @@ describe('fingerprintOf', () => {
     expect(print({ body: Buffer.from([1, 2]) })).not.toBe(print({ body: Buffer.from([2, 1]) }));
   });
 
+  // A text body can hold any bytes: it must not be able to imitate the sections after it.
+  it('cannot be forged by a body that imitates the parameter sections', () => {
+    expect(print({ body: 'x\0p:{"id":"5"}' })).not.toBe(print({ body: 'x', params: { id: '5' } }));
+    expect(print({ body: Buffer.from('x\0p:{"id":"5"}') })).not.toBe(print({ body: Buffer.from('x'), params: { id: '5' } }));
+    expect(print({ body: 'x', query: { a: '1' } })).not.toBe(print({ body: 'x\0q:{"a":"1"}' }));
+  });
+
   it('treats an absent body as null', () => {
     expect(print({ body: undefined })).toBe(print({ body: null }));
   });

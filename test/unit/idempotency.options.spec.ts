@@ -217,3 +217,27 @@ describe('validateModuleOptions', () => {
     }
   });
 });
+
+describe('option shapes', () => {
+  it('refuses lists and flags of the wrong type with a message naming them', () => {
+    expect(() => resolveRouteOptions({ replayHeaders: 'etag' as never })).toThrow(/"replayHeaders" must be an array/);
+    expect(() => resolveRouteOptions({ fingerprint: { headers: 'x-tenant' as never } })).toThrow(/"fingerprint.headers" must be an array/);
+    expect(() => resolveRouteOptions({ fingerprint: null as never })).toThrow(/"fingerprint" must be an object/);
+    const valid = resolveRouteOptions();
+    expect(() => validateOptions({ ...valid, required: 'false' as never }, 'module options')).toThrow(/"required" must be true or false/);
+    expect(() => validateOptions({ ...valid, transactional: 1 as never }, 'module options')).toThrow(/"transactional"/);
+  });
+
+  it('refuses module options that are not an object, and an empty secret list', () => {
+    expect(() => validateModuleOptions(null as never)).toThrow(/module options are null; return an object/);
+    expect(() => validateModuleOptions({ fingerprintSecret: [] })).toThrow(/"fingerprintSecret" is an empty list/);
+  });
+
+  // String({ tenant, name }) is "[object Object]" for every user: one shared scope.
+  it('refuses a principal whose id is an object, instead of stringifying it', () => {
+    const { scope } = resolveRouteOptions();
+    expect(() => scope({ user: { id: { tenant: 't1', name: 'alice' } } }, context)).toThrow(/no usable id/);
+    expect(() => scope({ user: { id: Number.NaN } }, context)).toThrow(/no usable id/);
+    expect(scope({ user: { id: 7n } }, context)).toBe('7');
+  });
+});

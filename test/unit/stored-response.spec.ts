@@ -75,13 +75,20 @@ describe('captureResult and replayValue', () => {
   it.each([
     ['Buffer', Buffer.from([0, 1, 2, 255, 0])],
     ['Uint8Array', new Uint8Array([0, 1, 2, 255, 0])],
-  ])('store a %s as binary and replay the same bytes', async (_, original) => {
+  ])('store a %s as binary and replay the same bytes as the same type', async (name, original) => {
     const { stored, result } = await capture(original);
     expect(result).toBe(original);
     expect(stored).toMatchObject({ kind: 'binary', encoding: 'base64' });
-    const replayed = replayValue(throughJsonb(stored));
-    expect(Buffer.isBuffer(replayed)).toBe(true);
-    expect(replayed).toEqual(Buffer.from([0, 1, 2, 255, 0]));
+    const replayed = replayValue(throughJsonb(stored)) as Uint8Array;
+    // The platform serialises the two differently (Express sends a plain Uint8Array as JSON).
+    expect(Buffer.isBuffer(replayed)).toBe(name === 'Buffer');
+    expect(Buffer.from(replayed)).toEqual(Buffer.from([0, 1, 2, 255, 0]));
+  });
+
+  it('store only the viewed bytes of a Uint8Array over a larger buffer', async () => {
+    const view = new Uint8Array(new Uint8Array([9, 9, 1, 2, 9]).buffer, 2, 2);
+    const { stored } = await capture(view);
+    expect(Buffer.from(replayValue(throughJsonb(stored)) as Uint8Array)).toEqual(Buffer.from([1, 2]));
   });
 
   it('store undefined as an empty body', async () => {
