@@ -49,7 +49,13 @@ class BenchController {
   private async charge(manager: EntityManager, body: Charge) {
     const payments = manager.getRepository(Payment);
     const payment = await payments.save(
-      payments.create({ userId: 'bench', amount: body.amount, currency: body.currency, cardLast4: null, status: 'succeeded' }),
+      payments.create({
+        userId: 'bench',
+        amount: body.amount,
+        currency: body.currency,
+        cardLast4: null,
+        status: 'succeeded',
+      }),
     );
     return paymentView(payment);
   }

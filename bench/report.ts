@@ -24,7 +24,14 @@ export interface Comparison {
 
 export interface BenchResults {
   quick: boolean;
-  settings: { rounds: number; seconds: number; connections: number; burstConnections: number; records: number; moderateRate: number };
+  settings: {
+    rounds: number;
+    seconds: number;
+    connections: number;
+    burstConnections: number;
+    records: number;
+    moderateRate: number;
+  };
   durationSeconds: number;
   machine: { cpu: string; cores: number; memoryGiB: number; node: string; postgres: string; date: string };
   throughput: Comparison[];
@@ -51,13 +58,16 @@ const median = (values: number[]): number => {
 
 export function compare(perRound: Measurement[][]): Comparison[] {
   const names = perRound[0].map((m) => m.variant);
-  const order = [...names].sort((a, b) => perRound[0].findIndex((m) => m.variant === a) - perRound[0].findIndex((m) => m.variant === b));
+  const order = [...names].sort(
+    (a, b) => perRound[0].findIndex((m) => m.variant === a) - perRound[0].findIndex((m) => m.variant === b),
+  );
   return order.map((variant) => {
     const runs = perRound.map((round) => round.find((m) => m.variant === variant)!);
     const baselines = perRound.map((round) => round.find((m) => m.variant === 'baseline')!);
     const ratios = runs.map((run, i) => run.rps / baselines[i].rps);
     const statuses: Record<string, number> = {};
-    for (const run of runs) for (const [code, count] of Object.entries(run.statuses)) statuses[code] = (statuses[code] ?? 0) + count;
+    for (const run of runs)
+      for (const [code, count] of Object.entries(run.statuses)) statuses[code] = (statuses[code] ?? 0) + count;
     const executions = runs.map((run) => run.executionsPerKey).filter((n): n is number => n !== undefined);
     return {
       variant,
@@ -88,8 +98,13 @@ function throughputTable(rows: Comparison[]): string {
     '| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |',
   ];
   for (const r of rows) {
-    const added = r.variant === 'baseline' ? '' : ` (${r.queriesPerRequest - base.queriesPerRequest >= 0 ? '+' : ''}${fixed(r.queriesPerRequest - base.queriesPerRequest)})`;
-    const statuses = Object.entries(r.statuses).map(([code, n]) => `${code}: ${n}`).join(', ');
+    const added =
+      r.variant === 'baseline'
+        ? ''
+        : ` (${r.queriesPerRequest - base.queriesPerRequest >= 0 ? '+' : ''}${fixed(r.queriesPerRequest - base.queriesPerRequest)})`;
+    const statuses = Object.entries(r.statuses)
+      .map(([code, n]) => `${code}: ${n}`)
+      .join(', ');
     const once = r.executionsPerKey === undefined ? '' : `; executions per key: ${fixed(r.executionsPerKey)}`;
     lines.push(
       `| ${r.variant} | ${Math.round(r.rps)} | **${fixed(r.ratio)}** (${fixed(r.ratioMin)}–${fixed(r.ratioMax)}) | ${fixed(r.p50, 1)} | ${fixed(r.p99, 1)} | ${Math.round(r.cpuPerRequest)} | ${fixed(r.cpuPerRequest / base.cpuPerRequest)} | ${fixed(r.queriesPerRequest)}${added} | ${statuses}${once} |`,
@@ -108,7 +123,10 @@ function markdown(results: BenchResults): string {
       return `| ${r.variant} | ${fixed(before.ratio)} | ${fixed(r.ratio)} | ${fixed(before.p99, 1)} | ${fixed(r.p99, 1)} | ${Math.round(before.cpuPerRequest)} | ${Math.round(r.cpuPerRequest)} |`;
     });
   const moderate = results.moderate
-    .map((r) => `| ${r.variant} | ${fixed(r.p50, 1)} | ${fixed(r.p99, 1)} | ${r.variant === 'baseline' ? '' : fixed(r.addedP99, 1)} |`)
+    .map(
+      (r) =>
+        `| ${r.variant} | ${fixed(r.p50, 1)} | ${fixed(r.p99, 1)} | ${r.variant === 'baseline' ? '' : fixed(r.addedP99, 1)} |`,
+    )
     .join('\n');
   const mib = (bytes: number) => `${Math.round(bytes / 2 ** 20)} MiB`;
   return `# Benchmark results
@@ -168,7 +186,14 @@ function svg(results: BenchResults): string {
     .map((r, i) => {
       const y = 50 + i * 26;
       const w = Math.max(1, (r.rps / maxRps) * barWidth);
-      const color = r.variant === 'baseline' ? '#888' : r.variant.startsWith('burst') ? '#b07aa1' : r.variant.includes('replay') ? '#59a14f' : '#4e79a7';
+      const color =
+        r.variant === 'baseline'
+          ? '#888'
+          : r.variant.startsWith('burst')
+            ? '#b07aa1'
+            : r.variant.includes('replay')
+              ? '#59a14f'
+              : '#4e79a7';
       return `<text x="${barLeft - 8}" y="${y + 14}" text-anchor="end">${r.variant}</text>
 <rect x="${barLeft}" y="${y}" width="${w.toFixed(1)}" height="18" fill="${color}"/>
 <text x="${barLeft + w + 6}" y="${y + 14}">${Math.round(r.rps)}/s (×${r.ratio.toFixed(2)})</text>`;

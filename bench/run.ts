@@ -50,7 +50,10 @@ async function main(): Promise<void> {
   try {
     const base = server.url;
     log(`bench app on ${base}; ${quick ? 'quick' : 'full'} run: ${JSON.stringify(settings)}`);
-    const keys = { lease: await completeKeys(base, '/lease/payments', 'replay-lease'), tx: await completeKeys(base, '/tx/payments', 'replay-tx') };
+    const keys = {
+      lease: await completeKeys(base, '/lease/payments', 'replay-lease'),
+      tx: await completeKeys(base, '/tx/payments', 'replay-tx'),
+    };
     const variants: Variant[] = [
       { name: 'baseline', path: '/baseline/payments', keys: () => ({ kind: 'none' }) },
       { name: 'lease: first', path: '/lease/payments', keys: () => ({ kind: 'fresh' }) },
@@ -59,8 +62,16 @@ async function main(): Promise<void> {
       { name: 'transactional: replay', path: '/tx/payments', keys: () => ({ kind: 'cycle', keys: keys.tx }) },
     ];
     const bursts: Variant[] = [
-      { name: 'burst: wait (transactional)', path: '/tx/payments', keys: (r) => ({ kind: 'burst', prefix: `wait-${r}`, perKey: 50 }) },
-      { name: 'burst: reject (lease)', path: '/lease/payments', keys: (r) => ({ kind: 'burst', prefix: `reject-${r}`, perKey: 50 }) },
+      {
+        name: 'burst: wait (transactional)',
+        path: '/tx/payments',
+        keys: (r) => ({ kind: 'burst', prefix: `wait-${r}`, perKey: 50 }),
+      },
+      {
+        name: 'burst: reject (lease)',
+        path: '/lease/payments',
+        keys: (r) => ({ kind: 'burst', prefix: `reject-${r}`, perKey: 50 }),
+      },
     ];
 
     log('warming up');
@@ -73,7 +84,13 @@ async function main(): Promise<void> {
     );
 
     log(`moderate load: ${settings.moderateRate} requests/s`);
-    const moderate = await interleaved(base, variants.slice(0, 3), quick ? 1 : settings.rounds, () => MODERATE_CONNECTIONS, settings.moderateRate);
+    const moderate = await interleaved(
+      base,
+      variants.slice(0, 3),
+      quick ? 1 : settings.rounds,
+      () => MODERATE_CONNECTIONS,
+      settings.moderateRate,
+    );
 
     log(`growth: ${settings.records.toLocaleString('en')} live records`);
     await fill(dataSource, settings.records, 'live');
@@ -130,10 +147,20 @@ async function run(base: string, variant: Variant, round: number, seconds: numbe
   const keys = variant.keys(round);
   const payments = async () => Number((await db.query('SELECT count(*) AS n FROM payments'))[0].n);
   const before = keys.kind === 'burst' ? await payments() : 0;
-  const result = await measure({ variant: variant.name, base, path: variant.path, keys, connections, durationSeconds: seconds, rate });
+  const result = await measure({
+    variant: variant.name,
+    base,
+    path: variant.path,
+    keys,
+    connections,
+    durationSeconds: seconds,
+    rate,
+  });
   if (keys.kind === 'burst') {
     // Handler executions (one payment row each) per key used: 1 means every key ran once.
-    const [{ n }] = await db.query('SELECT count(*) AS n FROM idempotency_keys WHERE idempotency_key LIKE $1', [keys.prefix + '-%']);
+    const [{ n }] = await db.query('SELECT count(*) AS n FROM idempotency_keys WHERE idempotency_key LIKE $1', [
+      keys.prefix + '-%',
+    ]);
     result.executionsPerKey = ((await payments()) - before) / Math.max(1, Number(n));
   }
   return result;
@@ -143,7 +170,11 @@ async function run(base: string, variant: Variant, round: number, seconds: numbe
 async function completeKeys(base: string, path: string, prefix: string): Promise<string[]> {
   const keys = Array.from({ length: REPLAY_KEYS }, (_, i) => `${prefix}-${i}`);
   for (const key of keys) {
-    const response = await fetch(base + path, { method: 'POST', headers: { 'content-type': 'application/json', 'idempotency-key': key }, body: CHARGE });
+    const response = await fetch(base + path, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', 'idempotency-key': key },
+      body: CHARGE,
+    });
     if (response.status !== 201) throw new Error(`preparing ${key}: ${response.status} ${await response.text()}`);
   }
   return keys;
@@ -214,9 +245,12 @@ async function machine(dataSource: DataSource): Promise<BenchResults['machine']>
 
 async function database(): Promise<{ serverUrl: string; stopDatabase: () => Promise<void> }> {
   if (process.env.DATABASE_URL) return { serverUrl: process.env.DATABASE_URL, stopDatabase: async () => {} };
-  const embedded = await startEmbeddedDatabase('.data/bench-postgres', Number(process.env.EMBEDDED_POSTGRES_BENCH_PORT ?? 54331));
+  const embedded = await startEmbeddedDatabase(
+    '.data/bench-postgres',
+    Number(process.env.EMBEDDED_POSTGRES_BENCH_PORT ?? 54331),
+  );
   log('DATABASE_URL is unset: using an embedded PostgreSQL (.data/bench-postgres)');
-  return { serverUrl: embedded.url, stopDatabase: embedded.stop };
+  return { serverUrl: embedded.url, stopDatabase: () => embedded.stop() };
 }
 
 function withDatabase(serverUrl: string, name: string): string {
@@ -236,10 +270,13 @@ async function adminQuery(serverUrl: string, sql: string): Promise<void> {
 }
 
 async function startServer(url: string): Promise<{ url: string; child: ChildProcess }> {
-  const child = spawn(process.execPath, [SERVER], { env: { ...process.env, DATABASE_URL: url }, stdio: ['ignore', 'pipe', 'inherit'] });
+  const child = spawn(process.execPath, [SERVER], {
+    env: { ...process.env, DATABASE_URL: url },
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
   const port = await new Promise<number>((resolve, reject) => {
     let output = '';
-    child.stdout!.on('data', (chunk: Buffer) => {
+    child.stdout.on('data', (chunk: Buffer) => {
       output += chunk.toString();
       const match = /listening on port (\d+)/.exec(output);
       if (match) resolve(Number(match[1]));

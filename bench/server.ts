@@ -5,6 +5,7 @@ import { benchCounters, BenchModule } from './bench-app.js';
 
 // Counts every statement the app sends: each pg query() is one round trip. TypeORM and
 // the library both use this driver, so the count covers the handler and the library.
+// eslint-disable-next-line @typescript-eslint/unbound-method -- re-bound with apply() below
 const query = pg.Client.prototype.query;
 pg.Client.prototype.query = function (this: pg.Client, ...args: unknown[]) {
   benchCounters.queries++;

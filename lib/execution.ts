@@ -41,10 +41,11 @@ export class Execution {
    * whole lease.
    */
   startHeartbeat(renew: () => Promise<boolean>): void {
-    this.heartbeat = setInterval(async () => {
+    const beat = async () => {
       const sentAt = performance.now();
       if (await renew()) this.leaseHeldUntil = sentAt + this.options.leaseMs;
-    }, Math.floor(this.options.leaseMs / 3));
+    };
+    this.heartbeat = setInterval(() => void beat(), Math.floor(this.options.leaseMs / 3));
     this.heartbeat.unref();
   }
 

@@ -29,7 +29,10 @@ export class Fingerprinter {
     this.keys = [current, ...previous].map((secret) => {
       const bytes = Buffer.isBuffer(secret) ? secret : Buffer.from(secret, 'utf8');
       // The id names the secret without revealing it: a hash of a (long, random) secret.
-      return { id: createHash('sha256').update('fingerprint-secret-id:').update(bytes).digest('hex').slice(0, 8), secret: bytes };
+      return {
+        id: createHash('sha256').update('fingerprint-secret-id:').update(bytes).digest('hex').slice(0, 8),
+        secret: bytes,
+      };
     });
   }
 

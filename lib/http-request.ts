@@ -1,5 +1,10 @@
 import { type ExecutionContext, HttpException, Logger } from '@nestjs/common';
-import { InvalidIdempotencyKeyError, MissingIdempotencyKeyError, UnparsedBodyError, UnresolvedScopeError } from './errors.js';
+import {
+  InvalidIdempotencyKeyError,
+  MissingIdempotencyKeyError,
+  UnparsedBodyError,
+  UnresolvedScopeError,
+} from './errors.js';
 import type { FingerprintParts } from './fingerprint.js';
 import type { ResolvedRouteOptions } from './idempotency.options.js';
 import { parseIdempotencyKey } from './request-identity.js';
@@ -29,7 +34,11 @@ const logger = new Logger('Idempotency');
  * lines make the key ambiguous (400), and so does a list in one line, since the draft's
  * value is a single string (a comma may appear only inside the quoted form).
  */
-export function readKey(request: IncomingRequest, keyHeader: string, options: ResolvedRouteOptions): string | undefined {
+export function readKey(
+  request: IncomingRequest,
+  keyHeader: string,
+  options: ResolvedRouteOptions,
+): string | undefined {
   const value = request.headers[keyHeader];
   const { headerName } = options;
   if (typeof value === 'string' && value.includes(',') && headerLines(request, keyHeader) > 1) {
@@ -76,7 +85,9 @@ export async function resolveScope(
   // PostgreSQL text holds neither NUL nor lone surrogates (which the driver would turn into
   // U+FFFD, so that "caf\ud800" and "caf\ufffd" would be one caller): refuse, never merge.
   if (scope.includes('\0') || !scope.isWellFormed()) {
-    logger.error(`${where}: the scope resolver returned a string with NUL or a lone surrogate, which cannot be stored faithfully.`);
+    logger.error(
+      `${where}: the scope resolver returned a string with NUL or a lone surrogate, which cannot be stored faithfully.`,
+    );
     throw new UnresolvedScopeError();
   }
   return scope;

@@ -13,7 +13,7 @@ export class IdempotencyExceptionFilter implements ExceptionFilter<IdempotencyEr
 
   catch(error: IdempotencyError, host: ArgumentsHost): void {
     const { httpAdapter } = this.adapterHost;
-    const response = host.switchToHttp().getResponse();
+    const response = host.switchToHttp().getResponse<unknown>();
     httpAdapter.setHeader(response, 'Content-Type', 'application/problem+json');
     // Sent as text: NestJS 11's Express adapter replaces the content type of an object
     // error body with application/json, which would lose the problem media type.

@@ -11,7 +11,7 @@ import { IdempotencyError } from './errors.js';
 import type { Execution } from './execution.js';
 import { fingerprintParts, type IncomingRequest, readKey, resolveScope } from './http-request.js';
 import { type IdempotentRoute, IdempotentRoutes, servedRoute } from './idempotent-routes.js';
-import { declaredHeaders, SAFE_METHODS } from './route-metadata.js';
+import { declaredHeaders, type Handler, SAFE_METHODS } from './route-metadata.js';
 import { runInTransaction } from './idempotent-transaction.js';
 import { IdempotencyService } from './idempotency.service.js';
 import type { StoredResponse } from './record.js';
@@ -22,7 +22,6 @@ export const REPLAYED_HEADER = 'Idempotent-Replayed';
 
 /** Set by @nestjs/core 11.2.8+ and 12.3+ on a request whose pipes rejected it (its handler did not run). */
 const REJECTED_BY_PIPES = Symbol.for('nestjs:rejected-by-pipes');
-
 
 /**
  * The HTTP mapping: request in, stored response out. Registered globally by
@@ -39,11 +38,13 @@ export class IdempotencyInterceptor implements NestInterceptor {
   ) {}
 
   intercept(context: ExecutionContext, next: CallHandler): Observable<unknown> {
-    const route = this.routes.of(context.getClass(), context.getHandler());
+    const route = this.routes.of(context.getClass(), context.getHandler() as Handler);
     if (!route) return next.handle();
     if (context.getType() !== 'http') {
       // Refused at start-up already; should one get here anyway, it must not run unguarded.
-      throw new Error(`@Idempotent() on ${context.getClass().name}.${context.getHandler().name}: only HTTP routes are supported.`);
+      throw new Error(
+        `@Idempotent() on ${context.getClass().name}.${context.getHandler().name}: only HTTP routes are supported.`,
+      );
     }
     const http = context.switchToHttp();
     const request = http.getRequest<IncomingRequest>();
@@ -84,7 +85,7 @@ export class IdempotencyInterceptor implements NestInterceptor {
         // Nest sets a route's @Header() headers before interceptors run. They describe the
         // route's own response (its Location, its ETag), which a problem (400, 409, 410, 422,
         // 503) is not: remove them.
-        this.removeHeaders(response, declaredHeaders(context.getHandler()));
+        this.removeHeaders(response, declaredHeaders(context.getHandler() as Handler));
         this.setHeaders(response, error.headers);
       }
       throw error;
@@ -119,7 +120,11 @@ export class IdempotencyInterceptor implements NestInterceptor {
       // not replayable (a retry gets 410), never released to run again. In transactional
       // mode the effect is rolled back with the claim.
       if (transaction) await this.service.release(execution);
-      else await this.service.complete(execution, unreplayable(this.statusOf(response), `the result could not be serialised (${describe(error)})`));
+      else
+        await this.service.complete(
+          execution,
+          unreplayable(this.statusOf(response), `the result could not be serialised (${describe(error)})`),
+        );
       throw error;
     }
     const instead = await this.service.complete(execution, captured.stored);
@@ -145,7 +150,8 @@ export class IdempotencyInterceptor implements NestInterceptor {
 
   private setHeaders(response: unknown, headers: Readonly<Record<string, string | string[]>>): void {
     // Both adapters pass arrays through to Node, which sends one header line per value.
-    for (const [name, value] of Object.entries(headers)) this.adapterHost.httpAdapter.setHeader(response, name, value as string);
+    for (const [name, value] of Object.entries(headers))
+      this.adapterHost.httpAdapter.setHeader(response, name, value as string);
   }
 
   /** Express responses (Node's) and Fastify replies both have removeHeader(). */

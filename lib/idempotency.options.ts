@@ -173,13 +173,20 @@ export const DEFAULT_REPLAY_HEADERS: readonly string[] = [
   'vary',
 ];
 
+/** The fields of `request.user` the default scope looks at. */
+interface Principal {
+  id?: unknown;
+  sub?: unknown;
+  userId?: unknown;
+}
+
 /**
  * The authenticated principal's id (`id`, `sub` or `userId`: the shapes Passport and the
  * NestJS JWT recipes produce). Without a principal, or with one that has no recognisable
  * id, the request is refused rather than put in a shared anonymous scope: there, any
  * caller who learns or guesses another's key would receive that caller's response.
  */
-const defaultScope: ScopeResolver = (request) => {
+const defaultScope: ScopeResolver = (request: { user?: Principal | null } | undefined) => {
   const user = request?.user;
   if (user === undefined || user === null) {
     throw new Error(
@@ -190,7 +197,8 @@ const defaultScope: ScopeResolver = (request) => {
   }
   const id = user.id ?? user.sub ?? user.userId;
   // Only ids whose text is the id: String() of an object is "[object Object]" for every user.
-  const usable = (typeof id === 'string' && id !== '') || (typeof id === 'number' && Number.isFinite(id)) || typeof id === 'bigint';
+  const usable =
+    (typeof id === 'string' && id !== '') || (typeof id === 'number' && Number.isFinite(id)) || typeof id === 'bigint';
   if (!usable) {
     throw new Error(
       `request.user has no usable id, sub or userId (a non-empty string or a number; found ${id === null ? 'null' : typeof id}), ` +
@@ -248,8 +256,10 @@ export function resolveRouteOptions(
     for (const [name, value] of Object.entries(source ?? {})) {
       if (value === undefined) continue;
       if (name === 'fingerprint') {
-        if (value === null || typeof value !== 'object') throw new Error('IdempotencyModule: "fingerprint" must be an object.');
-        for (const [field, setting] of Object.entries(value)) if (setting !== undefined) fingerprint[field] = setting;
+        if (value === null || typeof value !== 'object')
+          throw new Error('IdempotencyModule: "fingerprint" must be an object.');
+        for (const [field, setting] of Object.entries(value as object))
+          if (setting !== undefined) fingerprint[field] = setting;
       } else {
         merged[name] = value;
       }
@@ -257,7 +267,10 @@ export function resolveRouteOptions(
   }
   const resolved = merged as ResolvedRouteOptions;
   const { query, headers } = fingerprint as ResolvedRouteOptions['fingerprint'];
-  for (const [name, list] of [['fingerprint.headers', headers], ['replayHeaders', resolved.replayHeaders]] as const) {
+  for (const [name, list] of [
+    ['fingerprint.headers', headers],
+    ['replayHeaders', resolved.replayHeaders],
+  ] as const) {
     if (!Array.isArray(list) || !list.every((item) => typeof item === 'string')) {
       throw new Error(`IdempotencyModule: "${name}" must be an array of header names.`);
     }
@@ -291,15 +304,23 @@ export function validateOptions(options: ResolvedRouteOptions, where: string): v
   for (const [name, [min, max]] of Object.entries(NUMERIC_LIMITS)) {
     const value = options[name as keyof typeof NUMERIC_LIMITS];
     if (!Number.isInteger(value) || value < min || value > max) {
-      throw new Error(`IdempotencyModule: ${where}: "${name}" must be a whole number from ${min} to ${max}, got ${value}.`);
+      throw new Error(
+        `IdempotencyModule: ${where}: "${name}" must be a whole number from ${min} to ${max}, got ${value}.`,
+      );
     }
   }
-  if (!Number.isInteger(options.retryAfterSeconds) || options.retryAfterSeconds < 0 || options.retryAfterSeconds > 86_400) {
+  if (
+    !Number.isInteger(options.retryAfterSeconds) ||
+    options.retryAfterSeconds < 0 ||
+    options.retryAfterSeconds > 86_400
+  ) {
     throw new Error(`IdempotencyModule: ${where}: "retryAfterSeconds" must be a whole number of seconds up to a day.`);
   }
   for (const name of ['required', 'transactional'] as const) {
     if (typeof options[name] !== 'boolean') {
-      throw new Error(`IdempotencyModule: ${where}: "${name}" must be true or false, got ${JSON.stringify(options[name])}.`);
+      throw new Error(
+        `IdempotencyModule: ${where}: "${name}" must be true or false, got ${JSON.stringify(options[name])}.`,
+      );
     }
   }
   if (typeof options.fingerprint.query !== 'boolean') {
@@ -327,19 +348,27 @@ export function validateModuleOptions(options: IdempotencyModuleOptions): void {
     );
   }
   const interval = options.purgeIntervalMs;
-  if (interval !== undefined && interval !== false && (!Number.isInteger(interval) || interval < 1000 || interval > MAX_TIMER_MS)) {
+  if (
+    interval !== undefined &&
+    interval !== false &&
+    (!Number.isInteger(interval) || interval < 1000 || interval > MAX_TIMER_MS)
+  ) {
     throw new Error(
       `IdempotencyModule: "purgeIntervalMs" must be false or a whole number from 1000 to ${MAX_TIMER_MS}, got ${interval}.`,
     );
   }
   const secrets = options.fingerprintSecret === undefined ? [] : [options.fingerprintSecret].flat();
   if (options.fingerprintSecret !== undefined && secrets.length === 0) {
-    throw new Error('IdempotencyModule: "fingerprintSecret" is an empty list; give at least one secret, or leave it out.');
+    throw new Error(
+      'IdempotencyModule: "fingerprintSecret" is an empty list; give at least one secret, or leave it out.',
+    );
   }
   for (const secret of secrets) {
     const length = Buffer.isBuffer(secret) ? secret.length : typeof secret === 'string' ? Buffer.byteLength(secret) : 0;
     if (length < 16) {
-      throw new Error('IdempotencyModule: "fingerprintSecret" must be a string or Buffer of at least 16 bytes (better 32 random bytes).');
+      throw new Error(
+        'IdempotencyModule: "fingerprintSecret" must be a string or Buffer of at least 16 bytes (better 32 random bytes).',
+      );
     }
   }
 }

@@ -7,10 +7,25 @@ import { Execution, type Outcome } from './execution.js';
 import { Fingerprinter, type FingerprintParts } from './fingerprint.js';
 import { KeyQueue } from './key-queue.js';
 import { MODULE_OPTIONS_TOKEN } from './idempotency.module-definition.js';
-import { type IdempotencyModuleOptions, type ResolvedRouteOptions, validateModuleOptions } from './idempotency.options.js';
-import { decideClaim, type IdempotencyRecord, type ObservedRecord, type RecordIdentity, type StoredResponse } from './record.js';
+import {
+  type IdempotencyModuleOptions,
+  type ResolvedRouteOptions,
+  validateModuleOptions,
+} from './idempotency.options.js';
+import {
+  decideClaim,
+  type IdempotencyRecord,
+  type ObservedRecord,
+  type RecordIdentity,
+  type StoredResponse,
+} from './record.js';
 import { ResponseCipher } from './response-cipher.js';
-import { type ClaimRequest, IdempotencyStore, type PurgeOptions, type StoreTransaction } from './storage/idempotency.store.js';
+import {
+  type ClaimRequest,
+  IdempotencyStore,
+  type PurgeOptions,
+  type StoreTransaction,
+} from './storage/idempotency.store.js';
 
 /** One request's claim attempt, before it is run or answered. */
 interface Attempt {
@@ -83,7 +98,9 @@ export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
     const waiting = options.concurrency === 'wait';
     const waitUntil = now + (waiting ? options.waitTimeoutMs : 0);
     const acquireBy = now + options.waitTimeoutMs;
-    const leave = waiting ? await this.queue.enter(JSON.stringify(identity), waitUntil, options.retryAfterSeconds) : () => {};
+    const leave = waiting
+      ? await this.queue.enter(JSON.stringify(identity), waitUntil, options.retryAfterSeconds)
+      : () => {};
     const attempt: Attempt = { identity, fingerprints, options, waitUntil, acquireBy, leave };
     try {
       const outcome =
@@ -143,7 +160,15 @@ export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
         if (claim.claimed) {
           await transaction.beginHandler();
           const { identity, options, leave } = attempt;
-          const execution = new Execution(identity, request.ownerToken, request.fingerprint, options, leave, claimedAt, transaction);
+          const execution = new Execution(
+            identity,
+            request.ownerToken,
+            request.fingerprint,
+            options,
+            leave,
+            claimedAt,
+            transaction,
+          );
           return { kind: 'execute', execution };
         }
         observed = claim.observed;
@@ -193,7 +218,9 @@ export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
     try {
       await this.completeOnce(execution, payload);
     } catch (error) {
-      this.logger.warn(`${where(execution)}: storing the response failed; retrying while the lease is held: ${describe(error)}`);
+      this.logger.warn(
+        `${where(execution)}: storing the response failed; retrying while the lease is held: ${describe(error)}`,
+      );
       const retrying = this.keepCompleting(execution, payload).finally(() => this.pendingCompletions.delete(retrying));
       this.pendingCompletions.add(retrying);
     }
@@ -215,7 +242,9 @@ export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
       stored = capture();
     } catch (policyError) {
       // The error policy (or the capture) threw: the handler's error is still the answer, and nothing is stored.
-      this.logger.error(`${where(execution)}: deciding whether to store the handler's error failed: ${describe(policyError)}`);
+      this.logger.error(
+        `${where(execution)}: deciding whether to store the handler's error failed: ${describe(policyError)}`,
+      );
     }
     if (!stored) {
       await this.release(execution);
@@ -247,7 +276,9 @@ export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
       if (execution.transaction) await execution.transaction.rollback();
       else await this.store.release(execution.identity, execution.ownerToken);
     } catch (error) {
-      this.logger.error(`${where(execution)}: could not release the key; it is free again once its lease lapses: ${describe(error)}`);
+      this.logger.error(
+        `${where(execution)}: could not release the key; it is free again once its lease lapses: ${describe(error)}`,
+      );
     } finally {
       execution.finish();
     }
@@ -320,7 +351,12 @@ export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
     }
   }
 
-  private claimRequest({ identity, fingerprints: [fingerprint, ...previous], options, acquireBy }: Attempt): ClaimRequest {
+  private claimRequest({
+    identity,
+    fingerprints: [fingerprint, ...previous],
+    options,
+    acquireBy,
+  }: Attempt): ClaimRequest {
     return {
       identity,
       fingerprint,

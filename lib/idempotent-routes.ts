@@ -10,7 +10,9 @@ import {
   validateOptions,
 } from './idempotency.options.js';
 import {
+  type Handler,
   hostOf,
+  nameOf,
   isHttpHandler,
   isMessageHandler,
   isServerSentEvents,
@@ -49,7 +51,7 @@ export interface IdempotentRoute {
  */
 @Injectable()
 export class IdempotentRoutes implements OnModuleInit {
-  private readonly cache = new WeakMap<Function, Map<Function, IdempotentRoute | null>>();
+  private readonly cache = new WeakMap<Type, Map<Handler, IdempotentRoute | null>>();
 
   constructor(
     private readonly reflector: Reflector,
@@ -70,7 +72,7 @@ export class IdempotentRoutes implements OnModuleInit {
       );
     }
     validateOptions(resolveRouteOptions(this.moduleOptions), 'module options');
-    const controllers = new Set<Function>();
+    const controllers = new Set<Type>();
     for (const wrapper of this.discovery.getControllers()) {
       const controller = wrapper.metatype as Type | undefined;
       if (!controller?.prototype) continue;
@@ -88,9 +90,9 @@ export class IdempotentRoutes implements OnModuleInit {
   }
 
   /** The idempotent route for a handler of a controller, or null when it is not idempotent. */
-  of(controller: Type, handler: Function): IdempotentRoute | null {
+  of(controller: Type, handler: Handler): IdempotentRoute | null {
     let routes = this.cache.get(controller);
-    if (!routes) this.cache.set(controller, (routes = new Map()));
+    if (!routes) this.cache.set(controller, (routes = new Map<Handler, IdempotentRoute | null>()));
     let route = routes.get(handler);
     if (route === undefined) {
       route = this.build(controller, handler);
@@ -99,11 +101,11 @@ export class IdempotentRoutes implements OnModuleInit {
     return route;
   }
 
-  private build(controller: Type, handler: Function): IdempotentRoute | null {
+  private build(controller: Type, handler: Handler): IdempotentRoute | null {
     const onClass = this.reflector.get<IdempotentRouteOptions | undefined>(IDEMPOTENT_METADATA, controller);
     const onMethod = this.reflector.get<IdempotentRouteOptions | undefined>(IDEMPOTENT_METADATA, handler);
     if (!onClass && !onMethod) return null;
-    const where = `${controller.name}.${handler.name}`;
+    const where = `${controller.name}.${nameOf(handler)}`;
     const safeMethod = safeMethodOf(handler);
     if (safeMethod) {
       // A class-wide @Idempotent() covers the routes that change state; reads stay untouched.
@@ -143,26 +145,26 @@ export class IdempotentRoutes implements OnModuleInit {
    * A decorated method that is not an HTTP route handler would run without any protection
    * while its author believes it is guarded: refuse to start instead.
    */
-  private refuseOutsideHttp(owner: Type, handler: Function): void {
+  private refuseOutsideHttp(owner: Type, handler: Handler): void {
     const onMethod = this.reflector.get(IDEMPOTENT_METADATA, handler) !== undefined;
     const onClass = this.reflector.get(IDEMPOTENT_METADATA, owner) !== undefined;
     if (!onMethod && !(onClass && isMessageHandler(handler))) return;
     throw new Error(
-      `@Idempotent() on ${owner.name}.${handler.name}: it is not an HTTP route handler, and the library ` +
+      `@Idempotent() on ${owner.name}.${nameOf(handler)}: it is not an HTTP route handler, and the library ` +
         'guards HTTP routes only (not message, event or websocket handlers, nor other methods), so it would ' +
         'run unprotected. Remove the decorator, or make the operation an HTTP route.',
     );
   }
 
-  private *methodsOf(type: Type): Iterable<Function> {
-    for (const name of this.scanner.getAllMethodNames(type.prototype)) {
-      const method = type.prototype[name];
-      if (typeof method === 'function') yield method;
+  private *methodsOf(type: Type): Iterable<Handler> {
+    for (const name of this.scanner.getAllMethodNames(type.prototype as object)) {
+      const method = (type.prototype as Record<string, unknown>)[name];
+      if (typeof method === 'function') yield method as Handler;
     }
   }
 
   /** Responses that bypass Nest's reply cannot be captured, so they could never be replayed. */
-  private assertReplayable(controller: Type, handler: Function, where: string): void {
+  private assertReplayable(controller: Type, handler: Handler, where: string): void {
     if (isServerSentEvents(handler)) {
       throw new Error(`@Idempotent() cannot be used on ${where}: server-sent events cannot be replayed.`);
     }
@@ -182,7 +184,10 @@ export class IdempotentRoutes implements OnModuleInit {
  * (header, media-type and custom versioning; host-based routing).
  */
 export function servedRoute(route: IdempotentRoute, request: unknown): string {
-  const { route: expressRoute, routeOptions } = request as { route?: { path?: unknown }; routeOptions?: { url?: unknown } };
+  const { route: expressRoute, routeOptions } = request as {
+    route?: { path?: unknown };
+    routeOptions?: { url?: unknown };
+  };
   const matched = typeof expressRoute?.path === 'string' ? expressRoute.path : routeOptions?.url;
   return (typeof matched === 'string' ? matched : route.declaredPattern) + route.qualifier;
 }

@@ -22,7 +22,10 @@ export function parseIdempotencyKey(
   const value = raw.trim();
   if (!value.startsWith('"') && value.includes(',')) {
     // Read as a structured field, a bare `a, b` is a list, not one key (and Node joins repeated lines so).
-    throw new InvalidIdempotencyKeyError(headerName, 'the value must be one key, not a list; quote a key that contains a comma');
+    throw new InvalidIdempotencyKeyError(
+      headerName,
+      'the value must be one key, not a list; quote a key that contains a comma',
+    );
   }
   const key = value.startsWith('"') ? parseStructuredString(value, headerName) : value;
   if (key.length === 0) throw new InvalidIdempotencyKeyError(headerName, 'the key is empty');
@@ -62,7 +65,8 @@ function parseStructuredString(value: string, headerName: string): string {
  * for every request of the route): controller path(s) joined with method path(s).
  */
 export function routePattern(controllerPath: unknown, handlerPath: unknown): string {
-  const paths = (value: unknown): string[] => (Array.isArray(value) ? value.map(String) : [String(value ?? '')]);
+  const paths = (value: unknown): string[] =>
+    Array.isArray(value) ? value.map((path) => `${path as string}`) : [typeof value === 'string' ? value : ''];
   const patterns: string[] = [];
   for (const outer of paths(controllerPath)) {
     for (const inner of paths(handlerPath)) {

@@ -19,7 +19,9 @@ export class ResponseCipher {
   private readonly current?: string;
 
   constructor(keys: readonly ResponseEncryptionKey[] = []) {
-    if (!Array.isArray(keys)) throw new Error('IdempotencyModule: "encryptionKeys" must be an array of { id, key }.');
+    // Options may come from an untyped factory (configuration, environment).
+    const given: unknown = keys;
+    if (!Array.isArray(given)) throw new Error('IdempotencyModule: "encryptionKeys" must be an array of { id, key }.');
     this.keys = new Map();
     for (const { id, key } of keys) {
       if (typeof id !== 'string' || id.length === 0 || id.length > 64) {
@@ -27,7 +29,9 @@ export class ResponseCipher {
       }
       const bytes = Buffer.isBuffer(key) ? key : Buffer.from(String(key), 'base64');
       if (bytes.length !== 32) {
-        throw new Error(`IdempotencyModule: "encryptionKeys": key "${id}" must be 32 bytes (AES-256), got ${bytes.length}.`);
+        throw new Error(
+          `IdempotencyModule: "encryptionKeys": key "${id}" must be 32 bytes (AES-256), got ${bytes.length}.`,
+        );
       }
       if (this.keys.has(id)) throw new Error(`IdempotencyModule: "encryptionKeys": the id "${id}" is used twice.`);
       this.keys.set(id, bytes);

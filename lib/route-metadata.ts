@@ -7,6 +7,11 @@
  * have not changed since Nest 5, so they are written out here, in one place.
  */
 
+import type { Type } from '@nestjs/common';
+
+/** A method of a controller or provider, as Nest's method decorators see it. */
+export type Handler = (...args: any[]) => unknown;
+
 const PATH = 'path';
 const METHOD = 'method';
 const HOST = 'host';
@@ -38,18 +43,21 @@ export const SAFE_METHODS: ReadonlySet<string> = new Set([...SAFE_REQUEST_METHOD
 const RESPONSE_PARAM_TYPES = new Set([1, 2]);
 
 /** Whether a method is an HTTP route handler (`@Get()`, `@Post()`, ...). */
-export function isHttpHandler(handler: Function): boolean {
+export function isHttpHandler(handler: Handler): boolean {
   return Reflect.getMetadata(PATH, handler) !== undefined;
 }
 
 /** Whether a method handles messages or events (microservices, websockets) rather than HTTP. */
-export function isMessageHandler(handler: Function): boolean {
-  return Reflect.getMetadata(MESSAGE_PATTERN, handler) !== undefined || Reflect.getMetadata(WEBSOCKET_MESSAGE, handler) !== undefined;
+export function isMessageHandler(handler: Handler): boolean {
+  return (
+    Reflect.getMetadata(MESSAGE_PATTERN, handler) !== undefined ||
+    Reflect.getMetadata(WEBSOCKET_MESSAGE, handler) !== undefined
+  );
 }
 
 /** The HTTP method name of a route handler when it is a safe one (GET, HEAD, OPTIONS). */
-export function safeMethodOf(handler: Function): string | undefined {
-  return SAFE_REQUEST_METHODS.get(Reflect.getMetadata(METHOD, handler));
+export function safeMethodOf(handler: Handler): string | undefined {
+  return SAFE_REQUEST_METHODS.get(Reflect.getMetadata(METHOD, handler) as number);
 }
 
 export function pathsOf(target: object): unknown {
@@ -60,7 +68,7 @@ export function pathsOf(target: object): unknown {
  * The version a handler serves (`@Version()` on it, else on or in `@Controller()`), as
  * text; undefined when it declares none. `VERSION_NEUTRAL` is a symbol.
  */
-export function versionOf(controller: Function, handler: Function): string | undefined {
+export function versionOf(controller: Type, handler: Handler): string | undefined {
   const version: unknown = Reflect.getMetadata(VERSION, handler) ?? Reflect.getMetadata(VERSION, controller);
   if (version === undefined) return undefined;
   const text = (value: unknown) => (typeof value === 'symbol' ? 'neutral' : String(value));
@@ -68,25 +76,30 @@ export function versionOf(controller: Function, handler: Function): string | und
 }
 
 /** The host pattern(s) of `@Controller({ host })`, as text; undefined without one. */
-export function hostOf(controller: Function): string | undefined {
-  const host: unknown = Reflect.getMetadata(HOST, controller);
+export function hostOf(controller: Type): string | undefined {
+  const host = Reflect.getMetadata(HOST, controller) as string | RegExp | Array<string | RegExp> | undefined;
   if (host === undefined) return undefined;
   return Array.isArray(host) ? host.map(String).join(',') : String(host);
 }
 
 /** Names of the response headers a handler declares with `@Header()`. */
-export function declaredHeaders(handler: Function): string[] {
-  const headers: Array<{ name?: unknown }> = Reflect.getMetadata(HEADERS, handler) ?? [];
+export function declaredHeaders(handler: Handler): string[] {
+  const headers = (Reflect.getMetadata(HEADERS, handler) ?? []) as Array<{ name?: unknown }>;
   return headers.map(({ name }) => String(name));
 }
 
-export function isServerSentEvents(handler: Function): boolean {
+export function isServerSentEvents(handler: Handler): boolean {
   return Boolean(Reflect.getMetadata(SSE, handler));
 }
 
 /** Whether the handler writes the response itself (`@Res()` or `@Next()` without passthrough). */
-export function writesResponseItself(controller: Function, handler: Function): boolean {
-  const args: Record<string, unknown> = Reflect.getMetadata(ROUTE_ARGS, controller, handler.name) ?? {};
+export function writesResponseItself(controller: Type, handler: Handler): boolean {
+  const args = (Reflect.getMetadata(ROUTE_ARGS, controller, nameOf(handler)) ?? {}) as Record<string, unknown>;
   const takesResponse = Object.keys(args).some((key) => RESPONSE_PARAM_TYPES.has(Number(key.split(':')[0])));
-  return takesResponse && !Reflect.getMetadata(RESPONSE_PASSTHROUGH, controller, handler.name);
+  return takesResponse && !Reflect.getMetadata(RESPONSE_PASSTHROUGH, controller, nameOf(handler));
+}
+
+/** A function's name (a method's is its property name, under which Nest keys parameter metadata). */
+export function nameOf(target: Handler): string {
+  return (target as { name?: string }).name ?? '';
 }

@@ -55,7 +55,7 @@ export function captureError(error: HttpException, headers: Record<string, strin
 export function replayValue(stored: StoredResponse): unknown {
   switch (stored.kind) {
     case 'json': {
-      const value = JSON.parse(stored.body!);
+      const value: unknown = JSON.parse(stored.body!);
       return stored.boxed ? { toJSON: () => value } : value;
     }
     case 'text':
@@ -67,7 +67,7 @@ export function replayValue(stored: StoredResponse): unknown {
     case 'empty':
       return undefined;
     case 'error':
-      throw new HttpException(JSON.parse(stored.body!), stored.status);
+      throw new HttpException(JSON.parse(stored.body!) as string | Record<string, unknown>, stored.status);
     case 'unreplayable':
       throw new ResponseNotReplayableError(stored.reason ?? 'it could not be stored');
   }
@@ -113,7 +113,8 @@ function toBuffer(chunk: unknown): Buffer {
 }
 
 function withinLimit(stored: StoredResponse, result: unknown, maxBytes: number): StoredResponse {
-  const size = stored.body === undefined ? 0 : Buffer.byteLength(stored.body, stored.encoding === 'base64' ? 'base64' : 'utf8');
+  const size =
+    stored.body === undefined ? 0 : Buffer.byteLength(stored.body, stored.encoding === 'base64' ? 'base64' : 'utf8');
   return size > maxBytes ? notReplayable(stored, `the response body is larger than ${maxBytes} bytes`) : stored;
 }
 

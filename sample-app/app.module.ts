@@ -32,7 +32,7 @@ export class AppModule {
         TypeOrmModule.forFeature([Payment, Email]),
         IdempotencyModule.forRoot({
           // Keys are scoped per caller: another user's key opens nothing.
-          scope: (request) => callerOf(request),
+          scope: (request: { headers: Record<string, unknown> }) => callerOf(request),
           leaseMs: config.leaseMs,
           waitTimeoutMs: config.waitTimeoutMs,
           ttlMs: config.ttlMs,

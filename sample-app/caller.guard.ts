@@ -21,7 +21,7 @@ export class CallerGuard implements CanActivate {
 export function callerOf(request: { headers: Record<string, unknown> }): string {
   const caller = request.headers['x-user-id'];
   if (typeof caller !== 'string' || caller.trim() === '' || caller.length > 255) {
-    throw new UnauthorizedException('Send the caller\'s identity in the X-User-Id header.');
+    throw new UnauthorizedException("Send the caller's identity in the X-User-Id header.");
   }
   return caller.trim();
 }

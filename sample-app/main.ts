@@ -1,5 +1,6 @@
 import 'reflect-metadata';
 import { Logger } from '@nestjs/common';
+import type { Server } from 'node:http';
 import { NestFactory } from '@nestjs/core';
 import { AppModule } from './app.module.js';
 import { configFromEnv, numberFromEnv } from './config.js';
@@ -18,12 +19,12 @@ async function bootstrap(): Promise<void> {
     const embedded = await startEmbeddedDatabase('.data/postgres', port);
     logger.log(`DATABASE_URL is unset: using an embedded PostgreSQL on port ${port} (data in .data/postgres)`);
     databaseUrl = embedded.url;
-    stopDatabase = embedded.stop;
+    stopDatabase = () => embedded.stop();
   }
   const app = await NestFactory.create(AppModule.forRoot(configFromEnv(databaseUrl)));
   const port = numberFromEnv('PORT', 3000)!;
   await app.listen(port);
-  const address = app.getHttpServer().address();
+  const address = (app.getHttpServer() as Server).address();
   // Tests start the app with PORT=0 and read the port from this line.
   logger.log(`listening on port ${typeof address === 'object' && address ? address.port : port}`);
   const stop = async () => {
@@ -31,8 +32,8 @@ async function bootstrap(): Promise<void> {
     await stopDatabase();
     process.exit(0);
   };
-  process.once('SIGTERM', stop);
-  process.once('SIGINT', stop);
+  process.once('SIGTERM', () => void stop());
+  process.once('SIGINT', () => void stop());
 }
 
 bootstrap().catch((error) => {

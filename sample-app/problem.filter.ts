@@ -15,7 +15,7 @@ export class ProblemFilter implements ExceptionFilter {
 
   catch(exception: unknown, host: ArgumentsHost): void {
     const { httpAdapter } = this.adapterHost;
-    const response = host.switchToHttp().getResponse();
+    const response = host.switchToHttp().getResponse<unknown>();
     const status = exception instanceof HttpException ? exception.getStatus() : 500;
     if (!(exception instanceof HttpException)) this.logger.error(exception);
     httpAdapter.setHeader(response, 'Content-Type', 'application/problem+json');
@@ -29,8 +29,8 @@ function problemOf(exception: unknown, status: number): Record<string, unknown> 
     return { type: 'about:blank', title, status, detail: 'An unexpected error occurred.' };
   }
   const body = exception.getResponse();
-  if (typeof body === 'object' && body !== null && 'type' in body) return body as Record<string, unknown>;
+  if (typeof body === 'object' && body !== null && 'type' in body) return body;
   const message = typeof body === 'string' ? body : (body as { message?: unknown }).message;
-  const detail = Array.isArray(message) ? message.join('; ') : String(message ?? title);
+  const detail = Array.isArray(message) ? message.join('; ') : typeof message === 'string' ? message : title;
   return { type: 'about:blank', title, status, detail };
 }

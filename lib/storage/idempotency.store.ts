@@ -41,8 +41,13 @@ export interface PurgeOptions {
 }
 
 /** Purge options with their defaults, checked: a batch of 0 rows would never finish. */
-export function purgeLimits({ batchSize = 1000, maxBatches = Infinity, pauseMs = 10 }: PurgeOptions): Required<PurgeOptions> {
-  if (!Number.isInteger(batchSize) || batchSize < 1) throw new RangeError('purgeExpired: batchSize must be a positive integer');
+export function purgeLimits({
+  batchSize = 1000,
+  maxBatches = Infinity,
+  pauseMs = 10,
+}: PurgeOptions): Required<PurgeOptions> {
+  if (!Number.isInteger(batchSize) || batchSize < 1)
+    throw new RangeError('purgeExpired: batchSize must be a positive integer');
   if (!(maxBatches >= 1)) throw new RangeError('purgeExpired: maxBatches must be at least 1');
   if (!(pauseMs >= 0)) throw new RangeError('purgeExpired: pauseMs must not be negative');
   return { batchSize, maxBatches, pauseMs };

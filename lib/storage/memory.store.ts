@@ -1,5 +1,11 @@
 import { randomBytes } from 'node:crypto';
-import { type ClaimDecision, decideClaim, type IdempotencyRecord, type ObservedRecord, type RecordIdentity } from '../record.js';
+import {
+  type ClaimDecision,
+  decideClaim,
+  type IdempotencyRecord,
+  type ObservedRecord,
+  type RecordIdentity,
+} from '../record.js';
 import {
   type ClaimRequest,
   type ClaimResult,
@@ -60,7 +66,12 @@ export class MemoryIdempotencyStore extends IdempotencyStore {
     return this.secret;
   }
 
-  async complete(identity: RecordIdentity, ownerToken: string, response: ResponsePayload, ttlMs: number): Promise<boolean> {
+  async complete(
+    identity: RecordIdentity,
+    ownerToken: string,
+    response: ResponsePayload,
+    ttlMs: number,
+  ): Promise<boolean> {
     const record = this.owned(identity, ownerToken);
     if (!record) return false;
     const now = this.now();

@@ -12,9 +12,28 @@ import {
   type StoreTransaction,
 } from './idempotency.store.js';
 
+/** A row of idempotency_keys as the store's statements return it (the claim adds its flags). */
+interface KeyRow {
+  scope: string;
+  method: string;
+  route: string;
+  idempotency_key: string;
+  status: IdempotencyRecord['status'];
+  fingerprint: string;
+  owner_token: string | null;
+  locked_until: Date | null;
+  response: IdempotencyRecord['response'];
+  created_at: Date;
+  completed_at: Date | null;
+  expires_at: Date;
+  claimed?: boolean;
+  expired?: boolean;
+  lease_lapsed?: boolean;
+}
+
 /** The subset of node-postgres' Pool and PoolClient this store uses. */
 interface Queryable {
-  query(text: string, values?: unknown[]): Promise<{ rows: any[]; rowCount: number | null }>;
+  query<Row = KeyRow>(text: string, values?: unknown[]): Promise<{ rows: Row[]; rowCount: number | null }>;
 }
 interface PoolClient extends Queryable {
   release(error?: Error | boolean): void;
@@ -294,7 +313,12 @@ export class PostgresIdempotencyStore extends IdempotencyStore {
     }
   }
 
-  async complete(identity: RecordIdentity, ownerToken: string, response: ResponsePayload, ttlMs: number): Promise<boolean> {
+  async complete(
+    identity: RecordIdentity,
+    ownerToken: string,
+    response: ResponsePayload,
+    ttlMs: number,
+  ): Promise<boolean> {
     return completeOn(this.pool, identity, ownerToken, response, ttlMs);
   }
 
@@ -319,7 +343,9 @@ export class PostgresIdempotencyStore extends IdempotencyStore {
   async sharedSecret(): Promise<Buffer> {
     // A concurrent first start may have inserted it after this statement's snapshot: read again.
     for (let attempt = 0; attempt < 3; attempt++) {
-      const { rows } = await this.pool.query(SQL_SHARED_SECRET, [randomBytes(32).toString('base64')]);
+      const { rows } = await this.pool.query<{ value: string }>(SQL_SHARED_SECRET, [
+        randomBytes(32).toString('base64'),
+      ]);
       if (rows[0]) return Buffer.from(rows[0].value, 'base64');
     }
     throw new Error(`IdempotencyModule: could not read the fingerprint secret from "${SETTINGS_TABLE}".`);
@@ -385,9 +411,11 @@ class PostgresStoreTransaction implements StoreTransaction {
    */
   isLost(cause?: unknown): boolean {
     if (this.lost) return true;
-    const error = cause as { code?: unknown; driverError?: { code?: unknown; message?: unknown }; message?: unknown } | undefined;
+    const error = cause as
+      { code?: unknown; driverError?: { code?: unknown; message?: unknown }; message?: unknown } | undefined;
     const code = error?.driverError?.code ?? error?.code;
-    const message = String(error?.driverError?.message ?? error?.message ?? '');
+    const text = error?.driverError?.message ?? error?.message;
+    const message = typeof text === 'string' ? text : '';
     return (
       (typeof code === 'string' && (code.startsWith('08') || CONNECTION_ENDED.has(code))) ||
       /Connection terminated|not queryable|Client was closed/i.test(message)
@@ -475,14 +503,15 @@ class PoolTimeoutError extends Error {
  * Waits for a pooled connection until `deadline` at most; one that arrives later is handed
  * to `discard` (a connection the pool gives after the wait was abandoned is not leaked).
  */
-async function withinDeadline<T>(pending: Promise<T>, deadline: number | undefined, discard: (late: T) => void): Promise<T> {
+async function withinDeadline<T>(
+  pending: Promise<T>,
+  deadline: number | undefined,
+  discard: (late: T) => void,
+): Promise<T> {
   if (deadline === undefined) return pending;
   let timer: NodeJS.Timeout | undefined;
   const expired = new Promise<never>((_, reject) => {
-    timer = setTimeout(
-      () => reject(new PoolTimeoutError()),
-      Math.max(0, deadline - Date.now()),
-    );
+    timer = setTimeout(() => reject(new PoolTimeoutError()), Math.max(0, deadline - Date.now()));
   });
   try {
     return await Promise.race([pending, expired]);
@@ -569,7 +598,7 @@ function claimParameters(request: ClaimRequest): unknown[] {
   ];
 }
 
-function toRecord(row: any): IdempotencyRecord {
+function toRecord(row: KeyRow): IdempotencyRecord {
   return {
     scope: row.scope,
     method: row.method,
@@ -586,6 +615,6 @@ function toRecord(row: any): IdempotencyRecord {
   };
 }
 
-function toObserved(row: any): ObservedRecord {
-  return { record: toRecord(row), expired: row.expired, leaseLapsed: row.lease_lapsed };
+function toObserved(row: KeyRow): ObservedRecord {
+  return { record: toRecord(row), expired: row.expired === true, leaseLapsed: row.lease_lapsed === true };
 }

@@ -21,8 +21,10 @@ export class SendEmailPipe implements PipeTransform<unknown, SendEmail> {
   transform(value: unknown): SendEmail {
     const { to, subject } = objectBody(value);
     const errors: string[] = [];
-    if (typeof to !== 'string' || to.length > 320 || !EMAIL_ADDRESS.test(to)) errors.push('to must be an e-mail address');
-    if (typeof subject !== 'string' || subject.length > 998) errors.push('subject must be a string of at most 998 characters');
+    if (typeof to !== 'string' || to.length > 320 || !EMAIL_ADDRESS.test(to))
+      errors.push('to must be an e-mail address');
+    if (typeof subject !== 'string' || subject.length > 998)
+      errors.push('subject must be a string of at most 998 characters');
     if (errors.length) throw new InvalidBodyException(errors);
     return { to: to as string, subject: subject as string };
   }

@@ -48,7 +48,10 @@ describe('chaos: database faults', () => {
   };
 
   /** Retries a request as a client would until it gets a final answer. */
-  const retryUntilDone = async (run: () => Promise<HttpResult>, done: (status: number) => boolean): Promise<HttpResult> => {
+  const retryUntilDone = async (
+    run: () => Promise<HttpResult>,
+    done: (status: number) => boolean,
+  ): Promise<HttpResult> => {
     for (let attempt = 0; ; attempt++) {
       const result = await run();
       if (done(result.status)) return result;
@@ -58,12 +61,21 @@ describe('chaos: database faults', () => {
   };
 
   const burst = (count: number, run: () => Promise<HttpResult>) =>
-    Promise.all(Array.from({ length: count }, () => run().then((r) => r.status, () => 'connection lost')));
+    Promise.all(
+      Array.from({ length: count }, () =>
+        run().then(
+          (r) => r.status,
+          () => 'connection lost',
+        ),
+      ),
+    );
 
   it('transactional: connections cut during bursts of duplicates leave exactly one payment per key', async () => {
     const app = await startBehindProxy({ PROVIDER_LATENCY_MS: '400' });
     const keys = Array.from({ length: 4 }, () => ({ key: randomUUID(), user: 'cut-' + randomUUID().slice(0, 8) }));
-    const requests = keys.flatMap(({ key, user }) => burst(15, () => post(app.url, '/payments', { key, user, body: payment })));
+    const requests = keys.flatMap(({ key, user }) =>
+      burst(15, () => post(app.url, '/payments', { key, user, body: payment })),
+    );
     // Cut while every key's owner is inside its handler, its transaction open.
     await waitFor(async () => {
       const { rows } = await db.pool.query(
@@ -79,7 +91,10 @@ describe('chaos: database faults', () => {
     expect(statuses.every((status) => [201, 409, 503].includes(status as number))).toBe(true);
     await expectServing(app);
     for (const { key, user } of keys) {
-      const final = await retryUntilDone(() => post(app.url, '/payments', { key, user, body: payment }), (s) => s === 201);
+      const final = await retryUntilDone(
+        () => post(app.url, '/payments', { key, user, body: payment }),
+        (s) => s === 201,
+      );
       expect(await cluster.count('payments', user)).toBe(1);
       expect(await cluster.record(key)).toMatchObject({ status: 'completed', response: { body: final.text } });
     }
@@ -110,7 +125,9 @@ describe('chaos: database faults', () => {
   it('lease mode: connections cut during bursts of duplicates lose no result and block no key past its lease', async () => {
     const app = await startBehindProxy({ PROVIDER_LATENCY_MS: '400', IDEMPOTENCY_LEASE_MS: '1500' });
     const keys = Array.from({ length: 4 }, () => ({ key: randomUUID(), user: 'cut-' + randomUUID().slice(0, 8) }));
-    const requests = keys.flatMap(({ key, user }) => burst(15, () => post(app.url, '/emails', { key, user, body: email })));
+    const requests = keys.flatMap(({ key, user }) =>
+      burst(15, () => post(app.url, '/emails', { key, user, body: email })),
+    );
     await sleep(250);
     const cut = proxy.cut();
     const statuses = (await Promise.all(requests)).flat();
@@ -120,7 +137,10 @@ describe('chaos: database faults', () => {
     const effects: number[] = [];
     for (const { key, user } of keys) {
       const started = Date.now();
-      const final = await retryUntilDone(() => post(app.url, '/emails', { key, user, body: email }), (s) => s === 202);
+      const final = await retryUntilDone(
+        () => post(app.url, '/emails', { key, user, body: email }),
+        (s) => s === 202,
+      );
       // At worst the key waited for the lease of a claim whose reply the cut swallowed.
       expect(Date.now() - started).toBeLessThan(1500 + 2000);
       expect(await cluster.record(key)).toMatchObject({ status: 'completed', response: { body: final.text } });
@@ -161,13 +181,18 @@ describe('chaos: database faults', () => {
     expect(await cluster.count('emails', user)).toBe(1);
     await expectServing(app);
     expect(app.output()).toMatch(/stored after \d+ attempts/);
-    console.log(`outage during completion: ${cut} connections cut, 1.5 s down, e-mails 1, result stored after the outage`);
+    console.log(
+      `outage during completion: ${cut} connections cut, 1.5 s down, e-mails 1, result stored after the outage`,
+    );
   });
 
   // Backends killed while the pool hands connections out: node-postgres drops its own
   // 'error' listener at the hand-off, and a FATAL read in that tick must not end the process.
   it('a storm of killed backends under load: the process survives and every key completes', async () => {
-    const app = await cluster.start({ DATABASE_URL: `${db.url}?application_name=storm-app`, IDEMPOTENCY_LEASE_MS: '1500' });
+    const app = await cluster.start({
+      DATABASE_URL: `${db.url}?application_name=storm-app`,
+      IDEMPOTENCY_LEASE_MS: '1500',
+    });
     const keys = Array.from({ length: 50 }, () => ({ key: randomUUID(), user: 'storm-' + randomUUID().slice(0, 8) }));
     let storming = true;
     let killed = 0;
@@ -181,7 +206,9 @@ describe('chaos: database faults', () => {
       }
     })();
     const statuses = (
-      await Promise.all(keys.map(({ key, user }) => burst(3, () => post(app.url, '/emails', { key, user, body: email }))))
+      await Promise.all(
+        keys.map(({ key, user }) => burst(3, () => post(app.url, '/emails', { key, user, body: email }))),
+      )
     ).flat();
     await sleep(500);
     storming = false;
@@ -190,10 +217,15 @@ describe('chaos: database faults', () => {
     expect(killed).toBeGreaterThan(0);
     await expectServing(app);
     for (const { key, user } of keys) {
-      await retryUntilDone(() => post(app.url, '/emails', { key, user, body: email }), (status) => status === 202);
+      await retryUntilDone(
+        () => post(app.url, '/emails', { key, user, body: email }),
+        (status) => status === 202,
+      );
       expect(await cluster.record(key)).toMatchObject({ status: 'completed' });
     }
-    console.log(`kill storm: ${killed} backends killed, ${statuses.length} requests on ${keys.length} keys, statuses ${summary(statuses)}`);
+    console.log(
+      `kill storm: ${killed} backends killed, ${statuses.length} requests on ${keys.length} keys, statuses ${summary(statuses)}`,
+    );
   });
 
   it('a connection cut while a slow-path claim waits on a row lock gives 503, and the process keeps serving', async () => {
@@ -240,7 +272,10 @@ describe('chaos: database faults', () => {
     let server = await startEmbeddedDatabase(dataDir, port);
     try {
       const app = await cluster.start({ DATABASE_URL: server.url, PROVIDER_LATENCY_MS: '150' });
-      const keys = Array.from({ length: 12 }, () => ({ key: randomUUID(), user: 'restart-' + randomUUID().slice(0, 8) }));
+      const keys = Array.from({ length: 12 }, () => ({
+        key: randomUUID(),
+        user: 'restart-' + randomUUID().slice(0, 8),
+      }));
       const statuses: Array<number | string> = [];
       const traffic = (async () => {
         for (const { key, user } of keys) {
@@ -256,17 +291,24 @@ describe('chaos: database faults', () => {
       const check = new pg.Pool({ connectionString: server.url, max: 2 });
       try {
         for (const { key, user } of keys) {
-          const final = await retryUntilDone(() => post(app.url, '/payments', { key, user, body: payment }), (s) => s === 201);
+          const final = await retryUntilDone(
+            () => post(app.url, '/payments', { key, user, body: payment }),
+            (s) => s === 201,
+          );
           const { rows } = await check.query('SELECT count(*)::int AS n FROM payments WHERE user_id = $1', [user]);
           expect(rows[0].n).toBe(1);
-          const record = await check.query('SELECT status, response FROM idempotency_keys WHERE idempotency_key = $1', [key]);
+          const record = await check.query('SELECT status, response FROM idempotency_keys WHERE idempotency_key = $1', [
+            key,
+          ]);
           expect(record.rows[0]).toMatchObject({ status: 'completed', response: { body: final.text } });
         }
       } finally {
         await check.end();
       }
       expect(statuses.some((status) => status !== 201)).toBe(true); // the restart did hit requests
-      console.log(`server restart: ${statuses.length} requests on ${keys.length} keys, statuses ${summary(statuses)}, payments per key 1`);
+      console.log(
+        `server restart: ${statuses.length} requests on ${keys.length} keys, statuses ${summary(statuses)}, payments per key 1`,
+      );
     } finally {
       await cluster.stopAll();
       await server.stop();

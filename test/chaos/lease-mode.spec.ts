@@ -25,7 +25,10 @@ describe('chaos: lease mode', () => {
 
   it('refuses the retry (409) while the dead owner’s lease runs, and runs it once the lease lapsed', async () => {
     const env = { PROVIDER_LATENCY_MS: '3000', IDEMPOTENCY_LEASE_MS: '1000' };
-    const [victim, survivor] = await Promise.all([cluster.start(env), cluster.start({ ...env, PROVIDER_LATENCY_MS: '0' })]);
+    const [victim, survivor] = await Promise.all([
+      cluster.start(env),
+      cluster.start({ ...env, PROVIDER_LATENCY_MS: '0' }),
+    ]);
     const user = 'crash-' + randomUUID().slice(0, 8);
     const key = randomUUID();
     const doomed = post(victim.url, '/emails', { key, user, body }).catch(() => 'connection lost');

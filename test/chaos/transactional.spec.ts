@@ -79,7 +79,9 @@ describe('chaos: transactional mode', () => {
     const app = await cluster.start({ PROVIDER_LATENCY_MS: '500', IDEMPOTENCY_WAIT_TIMEOUT_MS: '8000' });
     const caller = user();
     const key = randomUUID();
-    const responses = await Promise.all(Array.from({ length: 200 }, () => post(app.url, '/payments', { key, user: caller, body })));
+    const responses = await Promise.all(
+      Array.from({ length: 200 }, () => post(app.url, '/payments', { key, user: caller, body })),
+    );
     expect(responses.map((r) => r.status)).toEqual(Array(200).fill(201));
     expect(new Set(responses.map((r) => r.text)).size).toBe(1);
     expect(await cluster.count('payments', caller)).toBe(1);
@@ -88,7 +90,9 @@ describe('chaos: transactional mode', () => {
   it('a burst of 210 duplicates over 3 instances runs once: one answer for all (wait), or 409 (reject)', async () => {
     const instances = await cluster.startMany(3, { PROVIDER_LATENCY_MS: '400' });
     const burst = (path: string, key: string, caller: string, payload: unknown) =>
-      Promise.all(Array.from({ length: 210 }, (_, i) => post(instances[i % 3].url, path, { key, user: caller, body: payload })));
+      Promise.all(
+        Array.from({ length: 210 }, (_, i) => post(instances[i % 3].url, path, { key, user: caller, body: payload })),
+      );
 
     const payer = user();
     const payments = await burst('/payments', randomUUID(), payer, body);

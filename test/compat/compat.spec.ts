@@ -59,11 +59,11 @@ function run(command: string, args: string[], cwd: string, extraEnv: Record<stri
     let stdout = '';
     let output = '';
     child.stdout.on('data', (chunk: Buffer) => {
-      stdout += chunk;
-      output += chunk;
+      stdout += chunk.toString();
+      output += chunk.toString();
     });
     child.stderr.on('data', (chunk: Buffer) => {
-      output += chunk;
+      output += chunk.toString();
     });
     child.once('error', reject);
     child.once('close', (code) => resolve({ code, stdout, output }));
@@ -91,7 +91,8 @@ async function prepareConsumer(name: string): Promise<{ dir: string; lockfile: B
 
   mkdirSync(CACHE, { recursive: true });
   for (const entry of readdirSync(CACHE)) {
-    if (entry.startsWith(`${name}-`) && entry !== basename(dir)) rmSync(join(CACHE, entry), { recursive: true, force: true });
+    if (entry.startsWith(`${name}-`) && entry !== basename(dir))
+      rmSync(join(CACHE, entry), { recursive: true, force: true });
   }
   if (!existsSync(marker)) {
     rmSync(dir, { recursive: true, force: true });
@@ -119,7 +120,12 @@ describe('compatibility matrix', () => {
     await mustRun('building the package', 'npm', ['run', 'build:package'], ROOT);
     packDir = mkdtempSync(join(tmpdir(), 'idempotency-pack-'));
     // Scripts are skipped because the build just ran; prepack would only repeat it.
-    const pack = await mustRun('packing', 'npm', ['pack', '--json', '--ignore-scripts', '--pack-destination', packDir], ROOT);
+    const pack = await mustRun(
+      'packing',
+      'npm',
+      ['pack', '--json', '--ignore-scripts', '--pack-destination', packDir],
+      ROOT,
+    );
     const [packed] = JSON.parse(pack.stdout) as [{ filename: string; files: { path: string }[] }];
     tarball = join(packDir, packed.filename);
     packedFiles = packed.files.map((file) => file.path).sort();
@@ -141,7 +147,9 @@ describe('compatibility matrix', () => {
     );
     // Both builds are complete, with a declaration beside every module.
     const built = (format: string) =>
-      packedFiles.filter((path) => path.startsWith(`dist/${format}/`) && path !== 'dist/cjs/package.json').map((path) => path.slice(9));
+      packedFiles
+        .filter((path) => path.startsWith(`dist/${format}/`) && path !== 'dist/cjs/package.json')
+        .map((path) => path.slice(9));
     expect(built('cjs')).toEqual(built('esm'));
     for (const path of packedFiles.filter((file) => file.endsWith('.js'))) {
       expect(packedFiles).toContain(path.replace(/\.js$/, '.d.ts'));
@@ -189,9 +197,16 @@ describe('compatibility matrix', () => {
         // A plain install (no --force, no --legacy-peer-deps): the peer ranges must accept
         // this combination. --no-save leaves package.json and the lockfile as committed.
         rmSync(join(dir, 'node_modules/nestjs-idempotency-postgres'), { recursive: true, force: true });
-        await mustRun(`${name}: installing the tarball`, 'npm', ['install', '--no-save', '--no-audit', '--no-fund', tarball], dir);
+        await mustRun(
+          `${name}: installing the tarball`,
+          'npm',
+          ['install', '--no-save', '--no-audit', '--no-fund', tarball],
+          dir,
+        );
         expect(readFileSync(join(dir, 'package-lock.json')).equals(lockfile)).toBe(true);
-        const installed = JSON.parse(readFileSync(join(dir, 'node_modules/nestjs-idempotency-postgres/package.json'), 'utf8'));
+        const installed = JSON.parse(
+          readFileSync(join(dir, 'node_modules/nestjs-idempotency-postgres/package.json'), 'utf8'),
+        );
         expect(installed.version).toBe(pkg.version);
 
         await mustRun(`${name}: its test suite`, 'npm', ['test'], dir, { DATABASE_URL: databaseUrl });

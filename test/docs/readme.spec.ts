@@ -66,8 +66,12 @@ describe('README', () => {
     );
     const problems = ts.getPreEmitDiagnostics(program).map((diagnostic) => {
       const block = blocks.find((candidate) => candidate.file === diagnostic.file?.fileName);
-      const at = diagnostic.file && diagnostic.start !== undefined ? diagnostic.file.getLineAndCharacterOfPosition(diagnostic.start) : undefined;
-      const where = block && at ? `README.md line ${block.line + at.line + 1}` : (diagnostic.file?.fileName ?? 'program');
+      const at =
+        diagnostic.file && diagnostic.start !== undefined
+          ? diagnostic.file.getLineAndCharacterOfPosition(diagnostic.start)
+          : undefined;
+      const where =
+        block && at ? `README.md line ${block.line + at.line + 1}` : (diagnostic.file?.fileName ?? 'program');
       return `${where}: ${ts.flattenDiagnosticMessageText(diagnostic.messageText, '\n')}`;
     });
     expect(problems).toEqual([]);
@@ -120,7 +124,9 @@ describe('README', () => {
       expect(retry.status).toBe(201);
       expect(retry.headers.get('idempotent-replayed')).toBe('true');
       expect(retry.text).toBe(first.text);
-      expect((await post(url, '/payments', { key: 'order-1', body: { ...body, amount: 5 }, headers })).status).toBe(422);
+      expect((await post(url, '/payments', { key: 'order-1', body: { ...body, amount: 5 }, headers })).status).toBe(
+        422,
+      );
       expect((await post(url, '/payments', { body, headers })).status).toBe(400);
       expect((await post(url, '/payments', { key: 'order-2', body })).status).toBe(401);
       const { rows } = await db.pool.query('SELECT scope, route, status FROM idempotency_keys');

@@ -57,7 +57,13 @@ describe.each(PLATFORMS)('data at rest (%s)', (platform) => {
       const { fingerprint } = await record(key);
       expect(fingerprint).toMatch(/^[0-9a-f]{8}:[0-9a-f]{64}$/);
       const canonical = canonicalJson(body);
-      const guesses = [canonical, 'j:' + canonical, 'j:' + canonical + '\0q:{}', JSON.stringify(body), JSON.stringify({ body })].map(sha256);
+      const guesses = [
+        canonical,
+        'j:' + canonical,
+        'j:' + canonical + '\0q:{}',
+        JSON.stringify(body),
+        JSON.stringify({ body }),
+      ].map(sha256);
       expect(guesses).not.toContain(fingerprint.split(':')[1]);
       expect(guesses).not.toContain(fingerprint);
       const row = JSON.stringify(await record(key));
@@ -154,7 +160,11 @@ describe.each(PLATFORMS)('data at rest (%s)', (platform) => {
     it('answers 503 for a record sealed under a key it does not have, and runs nothing', async () => {
       const old = await confidential(sealedK1);
       const before = calls.count('reflect');
-      expectProblem(await post(onlyK2, '/reflect', { key: old.key, body: { note: old.note } }), 503, 'store-unavailable');
+      expectProblem(
+        await post(onlyK2, '/reflect', { key: old.key, body: { note: old.note } }),
+        503,
+        'store-unavailable',
+      );
       expect(calls.count('reflect')).toBe(before);
     });
 
@@ -180,7 +190,9 @@ describe.each(PLATFORMS)('data at rest (%s)', (platform) => {
       expectProblem(retry, 503, 'store-unavailable');
       expect(retry.text).not.toContain(victim.note);
       expect(calls.count('reflect')).toBe(before);
-      expect((await post(sealedK1, '/reflect', { key: victim.key, body: { note: victim.note } })).text).toBe(victim.response.text);
+      expect((await post(sealedK1, '/reflect', { key: victim.key, body: { note: victim.note } })).text).toBe(
+        victim.response.text,
+      );
     });
   });
 });

@@ -115,7 +115,10 @@ describe.each(PLATFORMS)('hostile input (%s)', (platform) => {
     it('fingerprints a byte body from its bytes: other bytes with the same key are 422', async () => {
       const key = randomUUID();
       const bytes = (body: Buffer) =>
-        rawRequest(base, '/echo', { headers: { 'idempotency-key': key, 'content-type': 'application/octet-stream' }, body });
+        rawRequest(base, '/echo', {
+          headers: { 'idempotency-key': key, 'content-type': 'application/octet-stream' },
+          body,
+        });
       const first = await bytes(Buffer.from([1, 2, 3]));
       expect(first.status).toBe(201);
       expect(first.json.body).toBe('bytes:3');
@@ -154,7 +157,11 @@ describe.each(PLATFORMS)('hostile input (%s)', (platform) => {
       async (which) => {
         const key = randomUUID();
         const before = calls.count('echo');
-        expectProblem(await post(base, '/echo', { key, body: {}, headers: { 'x-scope': which } }), 500, 'scope-unresolved');
+        expectProblem(
+          await post(base, '/echo', { key, body: {}, headers: { 'x-scope': which } }),
+          500,
+          'scope-unresolved',
+        );
         expect(calls.count('echo')).toBe(before);
         expect(await rows(key)).toEqual([]);
       },
@@ -173,10 +180,18 @@ describe.each(PLATFORMS)('hostile input (%s)', (platform) => {
     it('keeps a short scope that looks like a stored hash apart from the long scope it imitates', async () => {
       const key = randomUUID();
       const subject = 'v'.repeat(300);
-      const victim = await post(base, '/echo', { key, body: {}, headers: { 'x-scope': 'subject', 'x-subject': subject } });
+      const victim = await post(base, '/echo', {
+        key,
+        body: {},
+        headers: { 'x-scope': 'subject', 'x-subject': subject },
+      });
       expect(victim.status).toBe(201);
       const [stored] = await rows(key);
-      const attacker = await post(base, '/echo', { key, body: {}, headers: { 'x-scope': 'subject', 'x-subject': stored.scope } });
+      const attacker = await post(base, '/echo', {
+        key,
+        body: {},
+        headers: { 'x-scope': 'subject', 'x-subject': stored.scope },
+      });
       expect(attacker.status).toBe(201);
       expect(attacker.headers.get('idempotent-replayed')).toBeNull();
       expect(attacker.text).not.toBe(victim.text);
@@ -204,7 +219,9 @@ describe.each(PLATFORMS)('hostile input (%s)', (platform) => {
       expect(retry.text).toBe(first.text);
       const [record] = await rows(key);
       expect(record.scope).toMatch(/^sha256:[0-9a-f]{64}$/);
-      const found = await parsed.app.get(IdempotencyService).find({ scope: subject, method: 'POST', route: '/echo', key });
+      const found = await parsed.app
+        .get(IdempotencyService)
+        .find({ scope: subject, method: 'POST', route: '/echo', key });
       expect(found).toMatchObject({ status: 'completed', response: { status: 201, body: first.text } });
     });
 
@@ -240,7 +257,10 @@ describe.each(PLATFORMS)('hostile input (%s)', (platform) => {
     ])('refuses %s = %d at start-up, naming the option', async (name, value) => {
       let message = 'the application started';
       try {
-        const running = await startApp(IdempotencyModule.forRoot({ store: MemoryIdempotencyStore, [name]: value }), platform);
+        const running = await startApp(
+          IdempotencyModule.forRoot({ store: MemoryIdempotencyStore, [name]: value }),
+          platform,
+        );
         await running.close();
       } catch (error) {
         message = (error as Error).message;

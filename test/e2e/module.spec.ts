@@ -1,5 +1,14 @@
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
-import { type CanActivate, Controller, type ExecutionContext, Injectable, Module, Post, Res, UseGuards } from '@nestjs/common';
+import {
+  type CanActivate,
+  Controller,
+  type ExecutionContext,
+  Injectable,
+  Module,
+  Post,
+  Res,
+  UseGuards,
+} from '@nestjs/common';
 import { TypeOrmModule } from '@nestjs/typeorm';
 import { randomUUID } from 'node:crypto';
 import {
@@ -163,7 +172,9 @@ describe('IdempotencyModule wiring', () => {
   };
 
   it('fails at start-up, naming the fix, without a DataSource', async () => {
-    expect(await bootError([IdempotencyModule.forRoot()])).toMatch(/no TypeORM DataSource found.*TypeOrmModule\.forRoot/);
+    expect(await bootError([IdempotencyModule.forRoot()])).toMatch(
+      /no TypeORM DataSource found.*TypeOrmModule\.forRoot/,
+    );
   });
 
   it('fails at start-up when the migration has not run', async () => {
@@ -180,12 +191,18 @@ describe('IdempotencyModule wiring', () => {
   });
 
   it('fails at start-up for a route that writes its response itself', async () => {
-    const message = await bootError([IdempotencyModule.forRoot({ store: MemoryIdempotencyStore })], [WritesResponseItself]);
+    const message = await bootError(
+      [IdempotencyModule.forRoot({ store: MemoryIdempotencyStore })],
+      [WritesResponseItself],
+    );
     expect(message).toMatch(/WritesResponseItself\.raw.*@Res\(\)/);
   });
 
   it('fails at start-up for a transactional route on a store without transactions', async () => {
-    const message = await bootError([IdempotencyModule.forRoot({ store: MemoryIdempotencyStore })], [TransactionalController]);
+    const message = await bootError(
+      [IdempotencyModule.forRoot({ store: MemoryIdempotencyStore })],
+      [TransactionalController],
+    );
     expect(message).toMatch(/TransactionalController\.create is transactional.*PostgreSQL store/);
   });
 

@@ -35,7 +35,12 @@ describe.each(PLATFORMS)('route shapes (%s)', (platform) => {
   let db: TestDatabase;
 
   const records = async (key: string) =>
-    (await db.pool.query('SELECT route, response FROM idempotency_keys WHERE idempotency_key = $1 ORDER BY route COLLATE "C"', [key])).rows;
+    (
+      await db.pool.query(
+        'SELECT route, response FROM idempotency_keys WHERE idempotency_key = $1 ORDER BY route COLLATE "C"',
+        [key],
+      )
+    ).rows;
 
   /** Starts an app for one describe block and closes it afterwards. */
   const serve = (controllers: unknown[], setup: AppSetup = {}, imports: unknown[] = []) => {
@@ -116,7 +121,9 @@ describe.each(PLATFORMS)('route shapes (%s)', (platform) => {
         expect(read.headers.get('idempotent-replayed')).toBeNull();
       }
       expect(calls.count('docs-get')).toBe(before + 2);
-      expect((await db.pool.query("SELECT count(*)::int AS n FROM idempotency_keys WHERE method = 'GET'")).rows[0].n).toBe(0);
+      expect(
+        (await db.pool.query("SELECT count(*)::int AS n FROM idempotency_keys WHERE method = 'GET'")).rows[0].n,
+      ).toBe(0);
 
       const runs = calls.count('docs-post');
       expectProblem(await post(app.base, '/docs'), 400, 'missing-key');
@@ -212,7 +219,11 @@ describe.each(PLATFORMS)('route shapes (%s)', (platform) => {
   });
 
   /** Two versions of one route, with the same key and body: each runs once and replays its own response. */
-  const versionsApart = async (base: string, request: (version: string, key: string) => Promise<{ status: number; text: string; json: any }>, routes: string[]) => {
+  const versionsApart = async (
+    base: string,
+    request: (version: string, key: string) => Promise<{ status: number; text: string; json: any }>,
+    routes: string[],
+  ) => {
     const key = randomUUID();
     const [one, two] = [calls.count('v1'), calls.count('v2')];
     const first1 = await request('1', key);
@@ -226,7 +237,9 @@ describe.each(PLATFORMS)('route shapes (%s)', (platform) => {
   };
 
   describe('URI versioning', () => {
-    const app = serve([VersionedController], { configure: (nest) => void nest.enableVersioning({ type: VersioningType.URI }) });
+    const app = serve([VersionedController], {
+      configure: (nest) => void nest.enableVersioning({ type: VersioningType.URI }),
+    });
 
     it('keeps /v1 and /v2 apart', () =>
       versionsApart(app.base, (v, key) => post(app.base, `/v${v}/versioned`, { key, body: {} }), [
@@ -241,10 +254,11 @@ describe.each(PLATFORMS)('route shapes (%s)', (platform) => {
     });
 
     it('keeps the handlers of version 1 and 2 of one path apart', () =>
-      versionsApart(app.base, (v, key) => post(app.base, '/versioned', { key, body: {}, headers: { 'x-api-version': v } }), [
-        '/versioned version=1',
-        '/versioned version=2',
-      ]));
+      versionsApart(
+        app.base,
+        (v, key) => post(app.base, '/versioned', { key, body: {}, headers: { 'x-api-version': v } }),
+        ['/versioned version=1', '/versioned version=2'],
+      ));
   });
 
   describe('media-type versioning', () => {
@@ -253,24 +267,33 @@ describe.each(PLATFORMS)('route shapes (%s)', (platform) => {
     });
 
     it('keeps the handlers of version 1 and 2 of one path apart', () =>
-      versionsApart(app.base, (v, key) => post(app.base, '/versioned', { key, body: {}, headers: { accept: `application/json;v=${v}` } }), [
-        '/versioned version=1',
-        '/versioned version=2',
-      ]));
+      versionsApart(
+        app.base,
+        (v, key) => post(app.base, '/versioned', { key, body: {}, headers: { accept: `application/json;v=${v}` } }),
+        ['/versioned version=1', '/versioned version=2'],
+      ));
   });
 
   describe('start-up refusals', () => {
     it('refuses @Idempotent() on a GET handler, naming it', async () => {
-      expect(await bootError(platform, [SafeMethodDecorated])).toMatch(/SafeMethodDecorated\.list: GET is a safe method/);
+      expect(await bootError(platform, [SafeMethodDecorated])).toMatch(
+        /SafeMethodDecorated\.list: GET is a safe method/,
+      );
     });
 
     it('refuses @Idempotent() on a method of a provider', async () => {
-      expect(await bootError(platform, [], [DecoratedService])).toMatch(/DecoratedService\.charge: it is not an HTTP route handler/);
+      expect(await bootError(platform, [], [DecoratedService])).toMatch(
+        /DecoratedService\.charge: it is not an HTTP route handler/,
+      );
     });
 
     it('refuses @Idempotent() on a message handler, on the method or on its controller', async () => {
-      expect(await bootError(platform, [MessageHandlerDecorated])).toMatch(/MessageHandlerDecorated\.charge: it is not an HTTP route handler/);
-      expect(await bootError(platform, [MessageHandlerUnderClass])).toMatch(/MessageHandlerUnderClass\.refund: it is not an HTTP route handler/);
+      expect(await bootError(platform, [MessageHandlerDecorated])).toMatch(
+        /MessageHandlerDecorated\.charge: it is not an HTTP route handler/,
+      );
+      expect(await bootError(platform, [MessageHandlerUnderClass])).toMatch(
+        /MessageHandlerUnderClass\.refund: it is not an HTTP route handler/,
+      );
     });
   });
 });

@@ -71,7 +71,12 @@ describe('sample app contract', () => {
   it('refuses invalid bodies with 400 and stores nothing, so the fixed request can reuse the key', async () => {
     const caller = user();
     const key = randomUUID();
-    for (const body of [{ amount: -5, currency: 'EUR' }, { amount: 1.5, currency: 'EUR' }, { amount: 10, currency: 'eur' }, [1]]) {
+    for (const body of [
+      { amount: -5, currency: 'EUR' },
+      { amount: 1.5, currency: 'EUR' },
+      { amount: 10, currency: 'eur' },
+      [1],
+    ]) {
       expectProblem(await post(base, '/payments', { key, user: caller, body }), 400);
     }
     expectProblem(await post(base, '/payments', { key, user: caller, body: '{"amount":' }), 400);
@@ -139,7 +144,9 @@ describe('sample app contract', () => {
     const caller = user();
     const key = randomUUID();
     const body = { amount: 4200, currency: 'EUR' };
-    const responses = await Promise.all(Array.from({ length: 50 }, () => post(base, '/payments', { key, user: caller, body })));
+    const responses = await Promise.all(
+      Array.from({ length: 50 }, () => post(base, '/payments', { key, user: caller, body })),
+    );
     expect(responses.map((r) => r.status)).toEqual(Array(50).fill(201));
     expect(new Set(responses.map((r) => r.text)).size).toBe(1);
     expect(await count('payments', caller)).toBe(1);
@@ -161,7 +168,10 @@ describe('sample app contract', () => {
     expect(retry.status).toBe(202);
     expect(retry.text).toBe(original.text);
     expect(await count('emails', caller)).toBe(1);
-    expectProblem(await post(base, '/emails', { key: randomUUID(), user: caller, body: { to: 'not-an-address', subject: 'x' } }), 400);
+    expectProblem(
+      await post(base, '/emails', { key: randomUUID(), user: caller, body: { to: 'not-an-address', subject: 'x' } }),
+      400,
+    );
   });
 
   it('issues a key for a payment that every device of the caller can retry with', async () => {

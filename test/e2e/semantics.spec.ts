@@ -155,7 +155,14 @@ describe.each(PLATFORMS)('idempotency semantics over HTTP (%s)', (platform) => {
       const response = await post(base, '/orders', { key, user: 'alice', body: {} });
       expectProblem(response, 400, 'invalid-key');
       expect(calls.count('orders')).toBe(before);
-      expect((await db.pool.query("SELECT count(*)::int AS n FROM idempotency_keys WHERE scope = 'alice' AND idempotency_key = $1", [key])).rows[0].n).toBe(0);
+      expect(
+        (
+          await db.pool.query(
+            "SELECT count(*)::int AS n FROM idempotency_keys WHERE scope = 'alice' AND idempotency_key = $1",
+            [key],
+          )
+        ).rows[0].n,
+      ).toBe(0);
     });
 
     it('accepts a key of exactly 255 characters', async () => {
@@ -207,8 +214,16 @@ describe.each(PLATFORMS)('idempotency semantics over HTTP (%s)', (platform) => {
       const key = randomUUID();
       await post(base, '/with-query?account=1', { key, headers: { 'x-tenant': 'a' } });
       expect((await post(base, '/with-query?account=1', { key, headers: { 'x-tenant': 'a' } })).status).toBe(201);
-      expectProblem(await post(base, '/with-query?account=2', { key, headers: { 'x-tenant': 'a' } }), 422, 'key-reused');
-      expectProblem(await post(base, '/with-query?account=1', { key, headers: { 'x-tenant': 'b' } }), 422, 'key-reused');
+      expectProblem(
+        await post(base, '/with-query?account=2', { key, headers: { 'x-tenant': 'a' } }),
+        422,
+        'key-reused',
+      );
+      expectProblem(
+        await post(base, '/with-query?account=1', { key, headers: { 'x-tenant': 'b' } }),
+        422,
+        'key-reused',
+      );
       expect(calls.count('with-query')).toBeGreaterThan(0);
     });
 
@@ -334,7 +349,9 @@ describe.each(PLATFORMS)('idempotency semantics over HTTP (%s)', (platform) => {
       const before = calls.count('wait');
       calls.maxConcurrent = 0;
       const responses = await Promise.all(
-        Array.from({ length: 5 }, () => post(base, '/wait', { key, user: 'dave', body: { delayMs: 150, status: 503 } })),
+        Array.from({ length: 5 }, () =>
+          post(base, '/wait', { key, user: 'dave', body: { delayMs: 150, status: 503 } }),
+        ),
       );
       // Each failure released the key, so each waiter ran in turn, one at a time.
       expect(responses.map((r) => r.status)).toEqual([503, 503, 503, 503, 503]);
@@ -350,7 +367,12 @@ describe.each(PLATFORMS)('idempotency semantics over HTTP (%s)', (platform) => {
       await db.pool.query(
         `INSERT INTO idempotency_keys (scope, method, route, idempotency_key, fingerprint, status, owner_token, locked_until, expires_at)
          VALUES ('erin', 'POST', '/orders', $1, $2, 'in_progress', $3, now() + $4::interval, now() + interval '1 day')`,
-        [key, fingerprintOf({ body, query: {} }, await running.app.get(IdempotencyStore).sharedSecret()), owner, lapsed ? '-1 second' : '1 minute'],
+        [
+          key,
+          fingerprintOf({ body, query: {} }, await running.app.get(IdempotencyStore).sharedSecret()),
+          owner,
+          lapsed ? '-1 second' : '1 minute',
+        ],
       );
       return owner;
     };
@@ -358,7 +380,11 @@ describe.each(PLATFORMS)('idempotency semantics over HTTP (%s)', (platform) => {
     it('answers 409 while a live lease holds the key, and takes over once it has lapsed', async () => {
       const live = randomUUID();
       await insertAbandoned(live, { item: 'y' }, false);
-      expectProblem(await post(base, '/orders', { key: live, user: 'erin', body: { item: 'y' } }), 409, 'request-in-progress');
+      expectProblem(
+        await post(base, '/orders', { key: live, user: 'erin', body: { item: 'y' } }),
+        409,
+        'request-in-progress',
+      );
 
       const key = randomUUID();
       const deadOwner = await insertAbandoned(key, { item: 'y' }, true);
@@ -389,7 +415,11 @@ describe.each(PLATFORMS)('idempotency semantics over HTTP (%s)', (platform) => {
       // leaseMs is 1000 in this app: without renewal a duplicate would take over at 1 s.
       const first = post(base, '/orders', { key, user: 'frank', body: { delayMs: 2200 } });
       await sleep(1600);
-      expectProblem(await post(base, '/orders', { key, user: 'frank', body: { delayMs: 2200 } }), 409, 'request-in-progress');
+      expectProblem(
+        await post(base, '/orders', { key, user: 'frank', body: { delayMs: 2200 } }),
+        409,
+        'request-in-progress',
+      );
       expect((await first).status).toBe(201);
       expect(calls.count('orders')).toBe(before + 1);
     });

@@ -16,7 +16,11 @@ class SlowPayments {
   @Post('pay/:owner')
   @HttpCode(201)
   @Idempotent({ transactional: true, concurrency: 'wait', waitTimeoutMs: 5000 })
-  async pay(@Param('owner') owner: string, @Body() body: { delayMs: number }, @IdempotentManager() manager: EntityManager) {
+  async pay(
+    @Param('owner') owner: string,
+    @Body() body: { delayMs: number },
+    @IdempotentManager() manager: EntityManager,
+  ) {
     runs++;
     const [row] = await manager.query(
       "INSERT INTO payments (user_id, amount, currency, status) VALUES ($1, 1, 'EUR', 'succeeded') RETURNING id",
@@ -97,7 +101,9 @@ describe.each(PLATFORMS)('server-side limits (%s)', (platform) => {
 
     it('bounds the wait for a pooled connection by the wait budget, then answers 503, leaking nothing', async () => {
       // Two transactional requests hold both connections for 1.5 s.
-      const holders = ['a', 'b'].map((owner) => post(running.url, `/hold/${owner}`, { key: randomUUID(), body: { delayMs: 1500 } }));
+      const holders = ['a', 'b'].map((owner) =>
+        post(running.url, `/hold/${owner}`, { key: randomUUID(), body: { delayMs: 1500 } }),
+      );
       await sleep(200);
       const started = Date.now();
       const queued = await post(running.url, '/hold/c', { key: randomUUID(), body: { delayMs: 0 } });
@@ -107,7 +113,9 @@ describe.each(PLATFORMS)('server-side limits (%s)', (platform) => {
       expect(waited).toBeLessThan(1200); // 300 ms budget; the holders keep the pool for 1.5 s
       expect((await Promise.all(holders)).map((r) => r.status)).toEqual([201, 201]);
       // The connection handed over after the caller gave up went back to the pool: both still serve.
-      const after = await Promise.all(['d', 'e'].map((owner) => post(running.url, `/hold/${owner}`, { key: randomUUID(), body: { delayMs: 0 } })));
+      const after = await Promise.all(
+        ['d', 'e'].map((owner) => post(running.url, `/hold/${owner}`, { key: randomUUID(), body: { delayMs: 0 } })),
+      );
       expect(after.map((r) => r.status)).toEqual([201, 201]);
     });
   });

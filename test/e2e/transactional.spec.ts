@@ -91,7 +91,9 @@ describe.each(PLATFORMS)('transactional mode over HTTP (%s)', (platform) => {
     const who = owner();
     const key = randomUUID();
     const before = calls.count('tx-wait');
-    const responses = await Promise.all(Array.from({ length: 50 }, () => post(base, `/tx-wait/${who}`, { key, body: { delayMs: 300 } })));
+    const responses = await Promise.all(
+      Array.from({ length: 50 }, () => post(base, `/tx-wait/${who}`, { key, body: { delayMs: 300 } })),
+    );
     expect(responses.map((r) => r.status)).toEqual(Array(50).fill(201));
     expect(new Set(responses.map((r) => r.text)).size).toBe(1);
     expect(calls.count('tx-wait')).toBe(before + 1);
@@ -125,7 +127,7 @@ describe.each(PLATFORMS)('transactional mode over HTTP (%s)', (platform) => {
   });
 
   // A bug in the policy must not replace the handler's answer (404) with a 500, nor leave the key claimed.
-  it('answers with the handler\'s error and releases the key when the error storage policy itself throws', async () => {
+  it("answers with the handler's error and releases the key when the error storage policy itself throws", async () => {
     const key = randomUUID();
     const first = await post(base, '/policy-throws', { key });
     expect(first.status).toBe(404);
@@ -136,14 +138,16 @@ describe.each(PLATFORMS)('transactional mode over HTTP (%s)', (platform) => {
   });
 
   // The handler's own statement sees the broken connection before its 'error' event does.
-  it('answers 503 when the connection breaks under the handler\'s own query, and the retry runs once', async () => {
+  it("answers 503 when the connection breaks under the handler's own query, and the retry runs once", async () => {
     const who = owner();
     const key = randomUUID();
     const pending = post(base, `/tx-query/${who}`, { key });
     let pid: number | undefined;
     const deadline = Date.now() + 10_000;
     while (pid === undefined && Date.now() < deadline) {
-      const { rows } = await db.pool.query("SELECT pid FROM pg_stat_activity WHERE query LIKE '%pg_sleep(1.5)%' AND pid <> pg_backend_pid()");
+      const { rows } = await db.pool.query(
+        "SELECT pid FROM pg_stat_activity WHERE query LIKE '%pg_sleep(1.5)%' AND pid <> pg_backend_pid()",
+      );
       pid = rows[0]?.pid;
       if (pid === undefined) await sleep(20);
     }

@@ -156,7 +156,11 @@ describe('the database enforces the state machine, whatever SQL runs', () => {
   });
 
   it('the fingerprint of a claimed record does not change', async () => {
-    await expectRefused(await inProgress(), `UPDATE idempotency_keys SET fingerprint = 'fp-other' ${WHERE}`, /fingerprint/);
+    await expectRefused(
+      await inProgress(),
+      `UPDATE idempotency_keys SET fingerprint = 'fp-other' ${WHERE}`,
+      /fingerprint/,
+    );
   });
 
   describe.each(['scope', 'method', 'route', 'idempotency_key'])('the identity column %s does not change', (column) => {
@@ -165,7 +169,11 @@ describe('the database enforces the state machine, whatever SQL runs', () => {
       ['completed', completed],
       ['expired', expired],
     ])('on a record %s', async (_, make) => {
-      await expectRefused(await make(), `UPDATE idempotency_keys SET ${column} = ${column} || '-x' ${WHERE}`, /identity/);
+      await expectRefused(
+        await make(),
+        `UPDATE idempotency_keys SET ${column} = ${column} || '-x' ${WHERE}`,
+        /identity/,
+      );
     });
   });
 
@@ -225,7 +233,9 @@ describe('sharedSecret()', () => {
     try {
       const secrets = await Promise.all(sources.map((source) => new PostgresIdempotencyStore(source).sharedSecret()));
       expect(new Set(secrets.map((secret) => secret.toString('hex'))).size).toBe(1);
-      const { rows } = await fresh.pool.query("SELECT value FROM idempotency_settings WHERE name = 'fingerprint_secret'");
+      const { rows } = await fresh.pool.query(
+        "SELECT value FROM idempotency_settings WHERE name = 'fingerprint_secret'",
+      );
       expect(rows).toHaveLength(1);
       expect(Buffer.from(rows[0].value, 'base64').equals(secrets[0])).toBe(true);
       const restarted = await connect(fresh.url);
@@ -262,7 +272,9 @@ describe('verify()', () => {
     const bareSource = await connect(bare.url);
     try {
       await bare.pool.query('DROP TABLE idempotency_settings');
-      await expect(new PostgresIdempotencyStore(bareSource).verify()).rejects.toThrow(/"idempotency_settings" does not exist/);
+      await expect(new PostgresIdempotencyStore(bareSource).verify()).rejects.toThrow(
+        /"idempotency_settings" does not exist/,
+      );
     } finally {
       await bareSource.destroy();
       await bare.drop();

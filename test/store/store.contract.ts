@@ -1,6 +1,12 @@
 import { afterEach, beforeEach, describe, expect, it } from '@jest/globals';
 import { randomUUID } from 'node:crypto';
-import type { ClaimRequest, IdempotencyRecord, IdempotencyStore, RecordIdentity, StoredResponse } from '../../lib/index.js';
+import type {
+  ClaimRequest,
+  IdempotencyRecord,
+  IdempotencyStore,
+  RecordIdentity,
+  StoredResponse,
+} from '../../lib/index.js';
 import { HOUR, identity, LEASE, lost, MINUTE, request, RESPONSE, SECOND, won } from './store.fixtures.js';
 
 /** What the contract needs from a store under test. */
@@ -110,7 +116,9 @@ export function describeStoreContract(name: string, setup: () => Promise<StoreHa
     describe('atomic claim', () => {
       async function race(id: RecordIdentity, fingerprints: string[]): Promise<IdempotencyRecord> {
         const results = await Promise.all(
-          Array.from({ length: 50 }, (_, i) => store.claim(request(id, { fingerprint: fingerprints[i % fingerprints.length] }))),
+          Array.from({ length: 50 }, (_, i) =>
+            store.claim(request(id, { fingerprint: fingerprints[i % fingerprints.length] })),
+          ),
         );
         const winners = results.filter((result) => result.claimed).map(won);
         expect(winners).toHaveLength(1);
@@ -225,14 +233,17 @@ export function describeStoreContract(name: string, setup: () => Promise<StoreHa
       it.each([
         ['complete', (id: RecordIdentity, token: string) => store.complete(id, token, RESPONSE, HOUR)],
         ['renew', (id: RecordIdentity, token: string) => store.renew(id, token, HOUR)],
-      ])('an expired record is absent to its former owner too: %s returns false and changes nothing', async (_, write) => {
-        const id = identity();
-        const claim = request(id, { ttlMs: MINUTE });
-        won(await store.claim(claim));
-        await harness.advance(MINUTE + SECOND);
-        expect(await write(id, claim.ownerToken)).toBe(false);
-        expect(await store.find(id)).toBeNull();
-      });
+      ])(
+        'an expired record is absent to its former owner too: %s returns false and changes nothing',
+        async (_, write) => {
+          const id = identity();
+          const claim = request(id, { ttlMs: MINUTE });
+          won(await store.claim(claim));
+          await harness.advance(MINUTE + SECOND);
+          expect(await write(id, claim.ownerToken)).toBe(false);
+          expect(await store.find(id)).toBeNull();
+        },
+      );
 
       it('a live lease keeps an in-flight record alive past its expiry', async () => {
         const id = identity();
@@ -256,7 +267,11 @@ export function describeStoreContract(name: string, setup: () => Promise<StoreHa
         await harness.advance(LEASE + SECOND);
         const successor = request(id);
         const record = won(await store.claim(successor));
-        expect(record).toMatchObject({ status: 'in_progress', fingerprint: 'fp-original', ownerToken: successor.ownerToken });
+        expect(record).toMatchObject({
+          status: 'in_progress',
+          fingerprint: 'fp-original',
+          ownerToken: successor.ownerToken,
+        });
         // The new lease is live: a third request does not take over again.
         expect(lost(await store.claim(request(id)))).toMatchObject({ leaseLapsed: false });
         await expectFencedOut(id, original.ownerToken);
@@ -273,7 +288,9 @@ export function describeStoreContract(name: string, setup: () => Promise<StoreHa
         const successor = request(id, { fingerprint: 'fp-rotated', acceptedFingerprints: ['fp-original'] });
         const record = won(await store.claim(successor));
         expect(record).toMatchObject({ ownerToken: successor.ownerToken, fingerprint: 'fp-original' });
-        expect(lost(await store.claim(request(id, { fingerprint: 'fp-rotated' })))).toMatchObject({ leaseLapsed: false });
+        expect(lost(await store.claim(request(id, { fingerprint: 'fp-rotated' })))).toMatchObject({
+          leaseLapsed: false,
+        });
       });
 
       it('with a different fingerprint: no take-over, the lapsed record is observed', async () => {

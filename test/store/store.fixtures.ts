@@ -24,7 +24,14 @@ export function identity(): RecordIdentity {
 }
 
 export function request(id: RecordIdentity, overrides: Partial<ClaimRequest> = {}): ClaimRequest {
-  return { identity: id, fingerprint: 'fp-original', ownerToken: randomUUID(), leaseMs: LEASE, ttlMs: HOUR, ...overrides };
+  return {
+    identity: id,
+    fingerprint: 'fp-original',
+    ownerToken: randomUUID(),
+    leaseMs: LEASE,
+    ttlMs: HOUR,
+    ...overrides,
+  };
 }
 
 export function won(result: ClaimResult): IdempotencyRecord {

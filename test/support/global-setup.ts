@@ -10,5 +10,5 @@ export default async function globalSetup(): Promise<void> {
   const port = Number(process.env.EMBEDDED_POSTGRES_TEST_PORT ?? 54330);
   const embedded = await startEmbeddedDatabase('.data/test-postgres', port);
   process.env.DATABASE_URL = embedded.url;
-  (globalThis as { stopTestDatabase?: () => Promise<void> }).stopTestDatabase = embedded.stop;
+  (globalThis as { stopTestDatabase?: () => Promise<void> }).stopTestDatabase = () => embedded.stop();
 }

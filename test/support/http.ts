@@ -16,7 +16,12 @@ export interface RequestOptions {
 }
 
 /** One real HTTP request; `key` and `user` fill Idempotency-Key and X-User-Id. */
-export async function send(base: string, method: string, path: string, options: RequestOptions = {}): Promise<HttpResult> {
+export async function send(
+  base: string,
+  method: string,
+  path: string,
+  options: RequestOptions = {},
+): Promise<HttpResult> {
   const headers: Record<string, string> = { ...options.headers };
   if (options.key !== undefined) headers['idempotency-key'] = options.key;
   if (options.user !== undefined) headers['x-user-id'] = options.user;
@@ -65,12 +70,19 @@ export function rawRequest(base: string, path: string, options: RawRequestOption
     const lines = [...headers];
     const named = (name: string) => lines.some((value, i) => i % 2 === 0 && value.toLowerCase() === name);
     if (!named('host')) lines.push('Host', url.host);
-    if (options.body !== undefined && !named('content-length')) lines.push('Content-Length', String(Buffer.byteLength(options.body)));
+    if (options.body !== undefined && !named('content-length'))
+      lines.push('Content-Length', String(Buffer.byteLength(options.body)));
     headers = lines;
   }
   return new Promise((resolve, reject) => {
     const outgoing = request(
-      { host: url.hostname, port: url.port, path: url.pathname + url.search, method: options.method ?? 'POST', headers },
+      {
+        host: url.hostname,
+        port: url.port,
+        path: url.pathname + url.search,
+        method: options.method ?? 'POST',
+        headers,
+      },
       (response) => {
         const chunks: Buffer[] = [];
         response.on('data', (chunk: Buffer) => chunks.push(chunk));

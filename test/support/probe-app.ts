@@ -88,14 +88,24 @@ class ProbeController {
   @Post('orders')
   @Idempotent()
   @Header('Location', '/orders/42')
-  async order(@Body() body: ProbeBody, @Res({ passthrough: true }) response: { header(name: string, value: string): void }) {
+  async order(
+    @Body() body: ProbeBody,
+    @Res({ passthrough: true }) response: { header(name: string, value: string): void },
+  ) {
     this.calls.hit('orders');
     // Set by the handler itself (Express and Fastify both have header()): only the first response has them.
     response.header('Set-Cookie', 'session=secret');
     response.header('X-Not-Replayed', 'yes');
     await sleep(body.delayMs ?? 0);
     // Key order, non-ASCII text and floats that a JSONB round trip would not keep.
-    return { zeta: 1, alpha: { b: 2.5, a: [3, 'x'] }, text: 'Grüße, 東京 ✓', big: 1e21, small: 1.1e-7, n: this.calls.count('orders') };
+    return {
+      zeta: 1,
+      alpha: { b: 2.5, a: [3, 'x'] },
+      text: 'Grüße, 東京 ✓',
+      big: 1e21,
+      small: 1.1e-7,
+      n: this.calls.count('orders'),
+    };
   }
 
   @Post('wait')
@@ -122,7 +132,7 @@ class ProbeController {
 
   @Post('fail')
   @Idempotent()
-  async fail(@Body() body: ProbeBody) {
+  fail(@Body() body: ProbeBody) {
     this.calls.hit('fail');
     if (body.crash) throw new Error('unexpected failure');
     throw new HttpException({ message: `status ${body.status}`, run: this.calls.count('fail') }, body.status ?? 500);
@@ -183,7 +193,9 @@ class ProbeController {
   @Idempotent({ transactional: true })
   async transactionalQuery(@Param('owner') owner: string, @IdempotentManager() manager: EntityManager) {
     this.calls.hit('tx-query');
-    await manager.query("INSERT INTO payments (user_id, amount, currency, status) VALUES ($1, 3, 'EUR', 'succeeded')", [owner]);
+    await manager.query("INSERT INTO payments (user_id, amount, currency, status) VALUES ($1, 3, 'EUR', 'succeeded')", [
+      owner,
+    ]);
     // The handler's own statement is where the connection breaks.
     await manager.query('SELECT pg_sleep(1.5), $1::text AS marker', ['tx-query-sleep']);
     return { ran: this.calls.count('tx-query') };
@@ -241,12 +253,19 @@ class ProbeController {
 
   @Post('tx/:owner')
   @Idempotent({ transactional: true })
-  async transactional(@Param('owner') owner: string, @Body() body: ProbeBody, @IdempotentManager() manager: EntityManager) {
+  async transactional(
+    @Param('owner') owner: string,
+    @Body() body: ProbeBody,
+    @IdempotentManager() manager: EntityManager,
+  ) {
     this.calls.hit('tx');
     // A nested transaction of the handler's own becomes a savepoint inside ours.
     const id = await manager.transaction((inner) =>
       inner
-        .query("INSERT INTO payments (user_id, amount, currency, status) VALUES ($1, 100, 'EUR', 'succeeded') RETURNING id", [owner])
+        .query(
+          "INSERT INTO payments (user_id, amount, currency, status) VALUES ($1, 100, 'EUR', 'succeeded') RETURNING id",
+          [owner],
+        )
         .then((rows: Array<{ id: string }>) => rows[0].id),
     );
     await sleep(body.delayMs ?? 0);
@@ -283,7 +302,10 @@ class ProbeController {
     // A handler bug: a nested transaction still running when the handler returns.
     void manager
       .transaction(async (inner) => {
-        await inner.query("INSERT INTO payments (user_id, amount, currency, status) VALUES ($1, 1, 'EUR', 'succeeded')", [owner]);
+        await inner.query(
+          "INSERT INTO payments (user_id, amount, currency, status) VALUES ($1, 1, 'EUR', 'succeeded')",
+          [owner],
+        );
         await sleep(300);
       })
       .catch(() => undefined);

@@ -18,6 +18,9 @@ export function headerOf(result: AnyResult, name: string): string | undefined {
 
 /** The response is the library's problem document of this type (RFC 9457). */
 export function expectProblem(result: AnyResult, status: number, slug: string): void {
-  expect({ status: result.status, json: result.json }).toMatchObject({ status, json: { type: PROBLEM_TYPE_BASE + slug, status } });
+  expect({ status: result.status, json: result.json }).toMatchObject({
+    status,
+    json: { type: PROBLEM_TYPE_BASE + slug, status },
+  });
   expect(headerOf(result, 'content-type')).toMatch(/^application\/problem\+json/);
 }

@@ -29,8 +29,8 @@ export async function startSampleApp(env: Record<string, string>): Promise<Sampl
         resolve(Number(match[1]));
       }
     };
-    child.stdout!.on('data', onData);
-    child.stderr!.on('data', onData);
+    child.stdout.on('data', onData);
+    child.stderr.on('data', onData);
     child.once('exit', (code) => {
       clearTimeout(timer);
       reject(new Error(`sample app exited with ${code}:\n${output}`));

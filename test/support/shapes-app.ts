@@ -1,15 +1,4 @@
-import {
-  All,
-  Body,
-  Controller,
-  Get,
-  Injectable,
-  Module,
-  Param,
-  Post,
-  SetMetadata,
-  Version,
-} from '@nestjs/common';
+import { All, Body, Controller, Get, Injectable, Module, Param, Post, SetMetadata, Version } from '@nestjs/common';
 import { TypeOrmModule } from '@nestjs/typeorm';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Idempotent, IdempotencyModule, MemoryIdempotencyStore } from '../../lib/index.js';
@@ -194,7 +183,11 @@ export function appModule(url: string, controllers: unknown[], imports: unknown[
   return ShapesModule;
 }
 
-export async function bootError(platform: Platform, controllers: unknown[], providers: unknown[] = []): Promise<string> {
+export async function bootError(
+  platform: Platform,
+  controllers: unknown[],
+  providers: unknown[] = [],
+): Promise<string> {
   @Module({
     imports: [IdempotencyModule.forRoot({ store: MemoryIdempotencyStore })],
     controllers: controllers as never[],
@@ -209,4 +202,3 @@ export async function bootError(platform: Platform, controllers: unknown[], prov
   }
   throw new Error('the application started');
 }
-

@@ -18,12 +18,54 @@ describe('errors', () => {
 
   // Clients branch on these values: changing one is a breaking change.
   const cases: Array<[string, () => IdempotencyError, string, number, string, Record<string, string>]> = [
-    ['MissingIdempotencyKeyError', () => new MissingIdempotencyKeyError('Idempotency-Key'), 'missing-key', 400, 'Idempotency key missing', {}],
-    ['InvalidIdempotencyKeyError', () => new InvalidIdempotencyKeyError('Idempotency-Key', 'too long'), 'invalid-key', 400, 'Idempotency key invalid', {}],
-    ['IdempotencyKeyReuseError', () => new IdempotencyKeyReuseError(), 'key-reused', 422, 'Idempotency key reused with a different payload', {}],
-    ['RequestInProgressError', () => new RequestInProgressError(3), 'request-in-progress', 409, 'A request with this idempotency key is in progress', { 'Retry-After': '3' }],
-    ['IdempotencyStoreUnavailableError', () => new IdempotencyStoreUnavailableError(5), 'store-unavailable', 503, 'Idempotency store unavailable', { 'Retry-After': '5' }],
-    ['ResponseNotReplayableError', () => new ResponseNotReplayableError('it was too large'), 'response-not-replayable', 410, 'Original response cannot be replayed', {}],
+    [
+      'MissingIdempotencyKeyError',
+      () => new MissingIdempotencyKeyError('Idempotency-Key'),
+      'missing-key',
+      400,
+      'Idempotency key missing',
+      {},
+    ],
+    [
+      'InvalidIdempotencyKeyError',
+      () => new InvalidIdempotencyKeyError('Idempotency-Key', 'too long'),
+      'invalid-key',
+      400,
+      'Idempotency key invalid',
+      {},
+    ],
+    [
+      'IdempotencyKeyReuseError',
+      () => new IdempotencyKeyReuseError(),
+      'key-reused',
+      422,
+      'Idempotency key reused with a different payload',
+      {},
+    ],
+    [
+      'RequestInProgressError',
+      () => new RequestInProgressError(3),
+      'request-in-progress',
+      409,
+      'A request with this idempotency key is in progress',
+      { 'Retry-After': '3' },
+    ],
+    [
+      'IdempotencyStoreUnavailableError',
+      () => new IdempotencyStoreUnavailableError(5),
+      'store-unavailable',
+      503,
+      'Idempotency store unavailable',
+      { 'Retry-After': '5' },
+    ],
+    [
+      'ResponseNotReplayableError',
+      () => new ResponseNotReplayableError('it was too large'),
+      'response-not-replayable',
+      410,
+      'Original response cannot be replayed',
+      {},
+    ],
   ];
 
   it.each(cases)('%s has a stable type, status, title and headers', (_, make, slug, status, title, headers) => {

@@ -28,7 +28,9 @@ describe('canonicalJson', () => {
   });
 
   it('drops what JSON cannot hold, as JSON.stringify does', () => {
-    expect(canonicalJson({ a: undefined, b: () => 1, c: [undefined, Symbol('s')], d: NaN })).toBe('{"c":[null,null],"d":null}');
+    expect(canonicalJson({ a: undefined, b: () => 1, c: [undefined, Symbol('s')], d: NaN })).toBe(
+      '{"c":[null,null],"d":null}',
+    );
     expect(canonicalJson(undefined)).toBe('null');
     expect(canonicalJson({ x: undefined })).toBe('{}');
   });
@@ -79,10 +81,14 @@ describe('fingerprintOf', () => {
   it('cannot be recomputed without the secret', () => {
     const body = { card: '4242424242424242' };
     const fingerprint = print({ body });
-    const bareHash = createHash('sha256').update('j:' + canonicalJson(body)).digest('hex');
+    const bareHash = createHash('sha256')
+      .update('j:' + canonicalJson(body))
+      .digest('hex');
     expect(fingerprint).not.toContain(bareHash);
     expect(fingerprintOf({ body }, 'another secret of enough length')).not.toBe(fingerprint);
-    expect(fingerprintOf({ body }, 'another secret of enough length').split(':')[0]).not.toBe(fingerprint.split(':')[0]);
+    expect(fingerprintOf({ body }, 'another secret of enough length').split(':')[0]).not.toBe(
+      fingerprint.split(':')[0],
+    );
   });
 
   it('ignores key order in the query and the headers too', () => {
@@ -115,7 +121,9 @@ describe('fingerprintOf', () => {
   // A text body can hold any bytes: it must not be able to imitate the sections after it.
   it('cannot be forged by a body that imitates the parameter sections', () => {
     expect(print({ body: 'x\0p:{"id":"5"}' })).not.toBe(print({ body: 'x', params: { id: '5' } }));
-    expect(print({ body: Buffer.from('x\0p:{"id":"5"}') })).not.toBe(print({ body: Buffer.from('x'), params: { id: '5' } }));
+    expect(print({ body: Buffer.from('x\0p:{"id":"5"}') })).not.toBe(
+      print({ body: Buffer.from('x'), params: { id: '5' } }),
+    );
     expect(print({ body: 'x', query: { a: '1' } })).not.toBe(print({ body: 'x\0q:{"a":"1"}' }));
   });
 

@@ -161,7 +161,8 @@ describe('validateOptions', () => {
         `IdempotencyModule: @Idempotent() on PaymentsController.create: "${name}" must be a whole number from ${min} to ${max}, got ${value}.`,
       );
     }
-    for (const value of [min, max]) expect(() => validateOptions(valid({ [name]: value }), 'module options')).not.toThrow();
+    for (const value of [min, max])
+      expect(() => validateOptions(valid({ [name]: value }), 'module options')).not.toThrow();
   });
 
   // setTimeout fires at once past 2^31-1 ms: a 3e9 ms wait would give up immediately on every request,
@@ -179,7 +180,9 @@ describe('validateOptions', () => {
   });
 
   it.each(['scope', 'storeErrors'] as const)('rejects a %s that is not a function', (name) => {
-    expect(() => validateOptions(valid({ [name]: 'user' as never }), 'module options')).toThrow(`"${name}" must be a function`);
+    expect(() => validateOptions(valid({ [name]: 'user' as never }), 'module options')).toThrow(
+      `"${name}" must be a function`,
+    );
   });
 
   it('rejects an unknown concurrency mode', () => {
@@ -195,7 +198,9 @@ describe('validateOptions', () => {
   });
 
   it('accepts header names made of token characters', () => {
-    expect(() => validateOptions(valid({ headerName: "X-Request_Key.v2!#$%&'*+^`|~" }), 'module options')).not.toThrow();
+    expect(() =>
+      validateOptions(valid({ headerName: "X-Request_Key.v2!#$%&'*+^`|~" }), 'module options'),
+    ).not.toThrow();
   });
 });
 
@@ -205,7 +210,9 @@ describe('validateModuleOptions', () => {
       expect(() => validateModuleOptions({ purgeIntervalMs })).not.toThrow();
     }
     for (const purgeIntervalMs of [0, 10, 2 ** 31, 1e12, 1.5e3 + 0.5, Number.NaN]) {
-      expect(() => validateModuleOptions({ purgeIntervalMs })).toThrow(/"purgeIntervalMs" must be false or a whole number/);
+      expect(() => validateModuleOptions({ purgeIntervalMs })).toThrow(
+        /"purgeIntervalMs" must be false or a whole number/,
+      );
     }
   });
 
@@ -221,10 +228,14 @@ describe('validateModuleOptions', () => {
 describe('option shapes', () => {
   it('refuses lists and flags of the wrong type with a message naming them', () => {
     expect(() => resolveRouteOptions({ replayHeaders: 'etag' as never })).toThrow(/"replayHeaders" must be an array/);
-    expect(() => resolveRouteOptions({ fingerprint: { headers: 'x-tenant' as never } })).toThrow(/"fingerprint.headers" must be an array/);
+    expect(() => resolveRouteOptions({ fingerprint: { headers: 'x-tenant' as never } })).toThrow(
+      /"fingerprint.headers" must be an array/,
+    );
     expect(() => resolveRouteOptions({ fingerprint: null as never })).toThrow(/"fingerprint" must be an object/);
     const valid = resolveRouteOptions();
-    expect(() => validateOptions({ ...valid, required: 'false' as never }, 'module options')).toThrow(/"required" must be true or false/);
+    expect(() => validateOptions({ ...valid, required: 'false' as never }, 'module options')).toThrow(
+      /"required" must be true or false/,
+    );
     expect(() => validateOptions({ ...valid, transactional: 1 as never }, 'module options')).toThrow(/"transactional"/);
   });
 

@@ -103,11 +103,18 @@ describe('captureResult and replayValue', () => {
 
     it.each([
       ['a Buffer', () => new StreamableFile(bytes, fileOptions)],
-      ['a Readable stream', () => new StreamableFile(Readable.from([bytes.subarray(0, 5), bytes.subarray(5)]), fileOptions)],
+      [
+        'a Readable stream',
+        () => new StreamableFile(Readable.from([bytes.subarray(0, 5), bytes.subarray(5)]), fileOptions),
+      ],
     ])('made from %s is stored as a file and handed on as a fresh readable one', async (_, make) => {
       const original = make();
       const { stored, result } = await capture(original);
-      expect(stored).toMatchObject({ kind: 'file', encoding: 'base64', file: { ...fileOptions, length: bytes.length } });
+      expect(stored).toMatchObject({
+        kind: 'file',
+        encoding: 'base64',
+        file: { ...fileOptions, length: bytes.length },
+      });
       expect(result).not.toBe(original);
       expect(await bytesOf(result)).toEqual(bytes);
       expect((result as StreamableFile).getHeaders()).toEqual({ ...fileOptions, length: bytes.length });
@@ -120,7 +127,12 @@ describe('captureResult and replayValue', () => {
     // The first client still gets the file's headers; the 410 that replays get describes no file.
     it('is unreplayable when larger than the limit, and stores none of the original headers', async () => {
       const { stored, result } = await capture(new StreamableFile(Buffer.alloc(LIMIT + 1, 7), fileOptions));
-      expect(stored).toEqual({ status: META.status, headers: {}, kind: 'unreplayable', reason: `the file is larger than ${LIMIT} bytes` });
+      expect(stored).toEqual({
+        status: META.status,
+        headers: {},
+        kind: 'unreplayable',
+        reason: `the file is larger than ${LIMIT} bytes`,
+      });
       expect((result as StreamableFile).getHeaders()).toMatchObject(fileOptions);
       expect(replayError(stored)).toBeInstanceOf(ResponseNotReplayableError);
     });
@@ -129,7 +141,10 @@ describe('captureResult and replayValue', () => {
     // truncated body and an AbortError. Every byte must still reach it.
     it.each([
       ['a Buffer', () => new StreamableFile(Buffer.alloc(LIMIT + 1, 7))],
-      ['a Readable stream', () => new StreamableFile(Readable.from([Buffer.alloc(LIMIT, 1), Buffer.alloc(1, 2), Buffer.alloc(LIMIT, 3)]))],
+      [
+        'a Readable stream',
+        () => new StreamableFile(Readable.from([Buffer.alloc(LIMIT, 1), Buffer.alloc(1, 2), Buffer.alloc(LIMIT, 3)])),
+      ],
     ])('made from %s and larger than the limit still yields every byte to the first client', async (_, make) => {
       const original = make();
       const expected = await bytesOf(make());
@@ -145,7 +160,12 @@ describe('captureResult and replayValue', () => {
   ])('make %s larger than the limit unreplayable: the replay throws 410', async (_, original) => {
     const { stored, result } = await capture(original);
     expect(result).toBe(original);
-    expect(stored).toEqual({ status: META.status, headers: {}, kind: 'unreplayable', reason: `the response body is larger than ${LIMIT} bytes` });
+    expect(stored).toEqual({
+      status: META.status,
+      headers: {},
+      kind: 'unreplayable',
+      reason: `the response body is larger than ${LIMIT} bytes`,
+    });
     const error = replayError(throughJsonb(stored));
     expect(error).toBeInstanceOf(ResponseNotReplayableError);
     expect((error as ResponseNotReplayableError).getStatus()).toBe(410);
@@ -166,7 +186,12 @@ describe('captureResult and replayValue', () => {
     const original = make();
     const { stored, result } = await capture(original);
     expect(result).toBe(original);
-    expect(stored).toEqual({ status: META.status, headers: {}, kind: 'unreplayable', reason: expect.stringContaining('stream') });
+    expect(stored).toEqual({
+      status: META.status,
+      headers: {},
+      kind: 'unreplayable',
+      reason: expect.stringContaining('stream'),
+    });
     expect(replayError(stored)).toBeInstanceOf(ResponseNotReplayableError);
   });
 });
