@@ -41,9 +41,17 @@ export class Execution {
    * whole lease.
    */
   startHeartbeat(renew: () => Promise<boolean>): void {
+    let renewing = false;
     const beat = async () => {
+      // A renewal still waiting (a busy pool, a slow store) is not stacked with another.
+      if (renewing) return;
+      renewing = true;
       const sentAt = performance.now();
-      if (await renew()) this.leaseHeldUntil = sentAt + this.options.leaseMs;
+      try {
+        if (await renew()) this.leaseHeldUntil = sentAt + this.options.leaseMs;
+      } finally {
+        renewing = false;
+      }
     };
     this.heartbeat = setInterval(() => void beat(), Math.floor(this.options.leaseMs / 3));
     this.heartbeat.unref();

@@ -295,7 +295,8 @@ const NUMERIC_LIMITS = {
   // A lease is renewed every third of it: below this, renewals would be a busy loop.
   leaseMs: [30, MAX_TIMER_MS],
   ttlMs: [1, 100 * 365 * 24 * 60 * 60 * 1000],
-  maxResponseBytes: [1, 2 ** 30],
+  // Stored as base64 (and, encrypted, base64 again) in a jsonb string, which holds 256 MiB at most.
+  maxResponseBytes: [1, 64 * 2 ** 20],
   maxKeyLength: [1, 1024],
 } as const;
 

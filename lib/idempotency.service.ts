@@ -24,8 +24,11 @@ import {
   type ClaimRequest,
   IdempotencyStore,
   type PurgeOptions,
+  type ResponsePayload,
   type StoreTransaction,
+  UnstorableResponseError,
 } from './storage/idempotency.store.js';
+import { unreplayable } from './stored-response.js';
 
 /** One request's claim attempt, before it is run or answered. */
 interface Attempt {
@@ -47,6 +50,9 @@ const LOCK_TIMEOUT = '55P03';
 const MAX_STORED_SCOPE_BYTES = 256;
 const HASHED_SCOPE = 'sha256:';
 
+/** Longest pause between attempts to store a lease-mode response while the store is down. */
+const MAX_COMPLETION_BACKOFF_MS = 5000;
+
 /**
  * The idempotency flow: claim, wait, replay, complete, release; plus purge and look-up.
  * It knows nothing of HTTP: the interceptor maps requests onto it and outcomes to replies.
@@ -59,6 +65,7 @@ export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
   private fingerprinter?: Fingerprinter;
   private purgeTimer?: NodeJS.Timeout;
   private purging = false;
+  private shuttingDown = false;
   /** Lease-mode completions still being retried after the response was sent. */
   private readonly pendingCompletions = new Set<Promise<void>>();
 
@@ -83,6 +90,7 @@ export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
   }
 
   async onApplicationShutdown(): Promise<void> {
+    this.shuttingDown = true;
     clearInterval(this.purgeTimer);
     await Promise.allSettled(this.pendingCompletions);
   }
@@ -133,7 +141,14 @@ export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
       const claim = await this.storeCall(() => this.store.claim(request));
       if (claim.claimed) {
         const { identity, options, leave } = attempt;
-        const execution = new Execution(identity, request.ownerToken, request.fingerprint, options, leave, claimedAt);
+        const execution = new Execution(
+          identity,
+          request.ownerToken,
+          claim.record.fingerprint,
+          options,
+          leave,
+          claimedAt,
+        );
         execution.startHeartbeat(() => this.renew(execution));
         return { kind: 'execute', execution };
       }
@@ -158,12 +173,12 @@ export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
         // 'reject': waitUntil is now, so the claim waits 1 ms at most for another owner.
         const claim = await transaction.claim(request, attempt.waitUntil);
         if (claim.claimed) {
-          await transaction.beginHandler();
+          await transaction.beginHandler(attempt.options.leaseMs);
           const { identity, options, leave } = attempt;
           const execution = new Execution(
             identity,
             request.ownerToken,
-            request.fingerprint,
+            claim.record.fingerprint,
             options,
             leave,
             claimedAt,
@@ -216,12 +231,14 @@ export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
     const payload = this.cipher.seal(execution.identity, response);
     if (execution.transaction) return this.commit(execution, execution.transaction, payload);
     try {
-      await this.completeOnce(execution, payload);
+      await this.completeOnce(execution, payload, response.status);
     } catch (error) {
       this.logger.warn(
-        `${where(execution)}: storing the response failed; retrying while the lease is held: ${describe(error)}`,
+        `${where(execution)}: storing the response failed; retrying until it is stored: ${describe(error)}`,
       );
-      const retrying = this.keepCompleting(execution, payload).finally(() => this.pendingCompletions.delete(retrying));
+      const retrying = this.keepCompleting(execution, payload, response.status).finally(() =>
+        this.pendingCompletions.delete(retrying),
+      );
       this.pendingCompletions.add(retrying);
     }
     return undefined;
@@ -296,9 +313,18 @@ export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
     return this.store.purgeExpired(options);
   }
 
-  private async completeOnce(execution: Execution, payload: ReturnType<ResponseCipher['seal']>): Promise<void> {
+  private async completeOnce(execution: Execution, payload: ResponsePayload, status: number): Promise<void> {
     const { identity, ownerToken, options } = execution;
-    const completed = await this.store.complete(identity, ownerToken, payload, options.ttlMs);
+    let completed: boolean;
+    try {
+      completed = await this.store.complete(identity, ownerToken, payload, options.ttlMs);
+    } catch (error) {
+      if (!(error instanceof UnstorableResponseError)) throw error;
+      // Too large for the store after all: the effect happened, so retries get 410, never a second run.
+      this.logger.warn(`${where(execution)}: ${error.message}; the key answers 410 from now on.`);
+      const fallback = this.cipher.seal(identity, unreplayable(status, 'the response is too large for the store'));
+      completed = await this.store.complete(identity, ownerToken, fallback, options.ttlMs);
+    }
     execution.finish();
     if (!completed) {
       this.logger.warn(
@@ -307,31 +333,35 @@ export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
     }
   }
 
-  private async keepCompleting(execution: Execution, payload: ReturnType<ResponseCipher['seal']>): Promise<void> {
+  /**
+   * Retries storing a lease-mode response until it is stored or fenced out. Storing late is
+   * always safe: the owner token fences it out once another request has taken the key over
+   * (possible only after the lease lapsed), and an expired record refuses it. Only the
+   * application's shutdown ends it earlier, once the lease is no longer held.
+   */
+  private async keepCompleting(execution: Execution, payload: ResponsePayload, status: number): Promise<void> {
     for (let attempt = 1; ; attempt++) {
-      const left = execution.leaseHeldUntil - performance.now();
-      if (left <= 0) break;
-      await sleep(Math.min(left, 100 * 2 ** Math.min(attempt - 1, 4)));
-      if (!execution.leaseHeld) break;
+      await sleep(Math.min(MAX_COMPLETION_BACKOFF_MS, 100 * 2 ** Math.min(attempt - 1, 6)));
+      if (this.shuttingDown && !execution.leaseHeld) break;
       try {
-        await this.completeOnce(execution, payload);
+        await this.completeOnce(execution, payload, status);
         this.logger.log(`${where(execution)}: the response was stored after ${attempt + 1} attempts.`);
         return;
       } catch {
-        // The store is still unreachable: try again while the lease lasts.
+        // The store is still unreachable: try again.
       }
     }
     execution.finish();
     this.logger.error(
-      `${where(execution)}: could not store the response before the lease ran out; the key stays in progress until ` +
-        'it lapses, and a retry after that runs the handler again.',
+      `${where(execution)}: the application stopped before the response could be stored; the key stays in ` +
+        'progress until its lease lapses, and a retry after that runs the handler again.',
     );
   }
 
   private async commit(
     execution: Execution,
     transaction: StoreTransaction,
-    payload: ReturnType<ResponseCipher['seal']>,
+    payload: ResponsePayload,
   ): Promise<StoredResponse | undefined> {
     const { identity, ownerToken, options } = execution;
     try {

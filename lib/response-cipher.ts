@@ -59,7 +59,9 @@ export class ResponseCipher {
     if (!isSealed(stored)) return stored;
     const key = this.keys.get(stored.kid);
     if (!key) throw new Error(`the stored response is encrypted with key "${stored.kid}", which is not configured`);
-    const decipher = createDecipheriv('aes-256-gcm', key, Buffer.from(stored.iv, 'base64'));
+    const decipher = createDecipheriv('aes-256-gcm', key, Buffer.from(stored.iv, 'base64'), {
+      authTagLength: 16,
+    });
     decipher.setAAD(associatedData(identity));
     decipher.setAuthTag(Buffer.from(stored.tag, 'base64'));
     const plain = Buffer.concat([decipher.update(Buffer.from(stored.data, 'base64')), decipher.final()]);

@@ -3,6 +3,16 @@ import type { IdempotencyRecord, ObservedRecord, RecordIdentity, SealedResponse,
 /** What `complete()` stores: the response, encrypted when the module has encryption keys. */
 export type ResponsePayload = StoredResponse | SealedResponse;
 
+/**
+ * Thrown by `complete()` when the store can never hold this response (too large for it),
+ * as opposed to being unreachable: retrying would not help.
+ */
+export class UnstorableResponseError extends Error {
+  constructor(reason: string) {
+    super(`the response cannot be stored: ${reason}`);
+  }
+}
+
 export interface ClaimRequest {
   readonly identity: RecordIdentity;
   readonly fingerprint: string;
@@ -128,8 +138,12 @@ export interface StoreTransaction {
   readonly manager: unknown;
   /** Claims inside the transaction, waiting for another owner until `waitUntil` (epoch ms) at most. */
   claim(request: ClaimRequest, waitUntil: number): Promise<ClaimResult>;
-  /** Marks where the handler's writes start (the claim stays if they are discarded). */
-  beginHandler(): Promise<void>;
+  /**
+   * Marks where the handler's writes start (the claim stays if they are discarded). The
+   * transaction may sit idle between the handler's statements for `idleLimitMs` at most:
+   * that bounds how long the key of a host that vanished stays blocked.
+   */
+  beginHandler(idleLimitMs: number): Promise<void>;
   /** Discards the handler's writes, keeping the claim (a stored 4xx error). */
   discardHandlerWrites(): Promise<void>;
   complete(identity: RecordIdentity, ownerToken: string, response: ResponsePayload, ttlMs: number): Promise<boolean>;

@@ -10,6 +10,7 @@ import {
   purgeLimits,
   type ResponsePayload,
   type StoreTransaction,
+  UnstorableResponseError,
 } from './idempotency.store.js';
 
 /** A row of idempotency_keys as the store's statements return it (the claim adds its flags). */
@@ -87,19 +88,8 @@ const LEASE_LAPSED = `(k.status = 'in_progress' AND k.locked_until <= ${NOW})`;
 
 const MS = "* interval '1 millisecond'";
 
-/**
- * Inside a transactional-mode transaction, which stays open while the handler runs: no
- * server-side idle or transaction time-out may end it meanwhile (that would roll back a
- * request that is doing fine, and let a waiting duplicate run the handler again). The
- * handler's own statements get the session's statement_timeout back (beginHandler).
- * transaction_timeout exists from PostgreSQL 17 on: set only where it exists.
- */
-const TRANSACTION_SETTINGS = `
-  set_config('lock_timeout', $9, true) AS lock_timeout,
-  set_config('statement_timeout', '0', true) AS statement_timeout,
-  set_config('idle_in_transaction_session_timeout', '0', true) AS idle_timeout,
-  CASE WHEN current_setting('transaction_timeout', true) IS NOT NULL
-       THEN set_config('transaction_timeout', '0', true) END AS transaction_timeout`;
+/** The claim's wait for another owner's uncommitted row is bounded by the time left to wait. */
+const TRANSACTION_SETTINGS = `set_config('lock_timeout', $9, true) AS lock_timeout`;
 
 /**
  * Fast path, one round trip for the common cases. Looks the record up and, only if there
@@ -136,8 +126,31 @@ UNION ALL
 SELECT false, k.*, ${EXPIRED}, ${LEASE_LAPSED} FROM existing k`;
 }
 
-/** Bounds the next lock wait of a transactional-mode claim (a slow-path round). */
-const SQL_SET_LOCK_TIMEOUT = "SELECT set_config('lock_timeout', $1, true)";
+/**
+ * Bounds the next lock wait of a transactional-mode claim (a slow-path round) by the time
+ * left to wait, and by nothing else: a server statement_timeout shorter than that wait
+ * would cancel it instead.
+ */
+const SQL_SET_LOCK_TIMEOUT = "SELECT set_config('lock_timeout', $1, true), set_config('statement_timeout', '0', true)";
+
+/**
+ * Where the handler's part of a transactional-mode transaction starts. The transaction
+ * stays open while the handler runs (its external calls included), so the server's own
+ * limits are replaced for it: no transaction_timeout (PostgreSQL 17+, set only where it
+ * exists) and an idle-in-transaction limit of the route's lease, which is what frees the
+ * key of a host that vanished without closing its connection. The handler's statements run
+ * with the session's lock_timeout and statement_timeout. The savepoint lets a stored 4xx
+ * discard the handler's writes and keep the claim.
+ */
+function beginHandlerStatement(idleLimitMs: number): string {
+  return [
+    'SET LOCAL lock_timeout TO DEFAULT',
+    'SET LOCAL statement_timeout TO DEFAULT',
+    `SET LOCAL idle_in_transaction_session_timeout = ${Math.trunc(idleLimitMs)}`,
+    "SELECT CASE WHEN current_setting('transaction_timeout', true) IS NOT NULL THEN set_config('transaction_timeout', '0', true) END",
+    `SAVEPOINT ${HANDLER_SAVEPOINT}`,
+  ].join('; ');
+}
 
 /**
  * Slow path, step 1: examine the existing record under a row lock, so that the decision
@@ -223,6 +236,11 @@ const SQL_BEGIN_SLOW_PATH = "BEGIN; SET LOCAL lock_timeout = '5s'; SET LOCAL sta
 
 /** The server ended the session: admin_shutdown, crash_shutdown, cannot_connect_now (class 08 is connection exceptions). */
 const CONNECTION_ENDED = new Set(['57P01', '57P02', '57P03']);
+
+/** A value PostgreSQL will never store: program_limit_exceeded (a jsonb string over 256 MiB), untranslatable_character. */
+const UNSTORABLE = new Set(['54000', '22P05']);
+
+const SERIALIZATION_FAILURE = '40001';
 
 /** PostgreSQL's query_canceled: a statement_timeout ran out (or the statement was cancelled). */
 const QUERY_CANCELED = '57014';
@@ -341,12 +359,17 @@ export class PostgresIdempotencyStore extends IdempotencyStore {
   }
 
   async sharedSecret(): Promise<Buffer> {
-    // A concurrent first start may have inserted it after this statement's snapshot: read again.
-    for (let attempt = 0; attempt < 3; attempt++) {
-      const { rows } = await this.pool.query<{ value: string }>(SQL_SHARED_SECRET, [
-        randomBytes(32).toString('base64'),
-      ]);
-      if (rows[0]) return Buffer.from(rows[0].value, 'base64');
+    // A concurrent first start may have inserted it after this statement's snapshot (read
+    // committed), or made it fail with a serialization error (a stricter default isolation): read again.
+    for (let attempt = 0; attempt < 5; attempt++) {
+      try {
+        const { rows } = await this.pool.query<{ value: string }>(SQL_SHARED_SECRET, [
+          randomBytes(32).toString('base64'),
+        ]);
+        if (rows[0]) return Buffer.from(rows[0].value, 'base64');
+      } catch (error) {
+        if ((error as { code?: string }).code !== SERIALIZATION_FAILURE) throw error;
+      }
     }
     throw new Error(`IdempotencyModule: could not read the fingerprint secret from "${SETTINGS_TABLE}".`);
   }
@@ -427,9 +450,12 @@ class PostgresStoreTransaction implements StoreTransaction {
       return await this.claimOnce(request, waitUntil);
     } catch (error) {
       // The server's statement_timeout is shorter than this claim's wait: start over in a
-      // fresh transaction whose statements it no longer bounds (lock_timeout does).
+      // fresh transaction whose statements it no longer bounds (lock_timeout does). Through
+      // TypeORM, so that the new one gets the DataSource's isolation level and events.
       if ((error as { code?: string }).code !== QUERY_CANCELED || Date.now() >= waitUntil) throw error;
-      await this.client.query('ROLLBACK; BEGIN; SET LOCAL statement_timeout = 0');
+      await this.runner.rollbackTransaction();
+      await this.runner.startTransaction();
+      await this.client.query('SET LOCAL statement_timeout = 0');
       return this.claimOnce(request, waitUntil);
     }
   }
@@ -447,10 +473,8 @@ class PostgresStoreTransaction implements StoreTransaction {
     );
   }
 
-  async beginHandler(): Promise<void> {
-    await this.client.query(
-      `SET LOCAL lock_timeout TO DEFAULT; SET LOCAL statement_timeout TO DEFAULT; SAVEPOINT ${HANDLER_SAVEPOINT}`,
-    );
+  async beginHandler(idleLimitMs: number): Promise<void> {
+    await this.client.query(beginHandlerStatement(idleLimitMs));
   }
 
   async discardHandlerWrites(): Promise<void> {
@@ -575,13 +599,21 @@ async function completeOn(
   response: ResponsePayload,
   ttlMs: number,
 ): Promise<boolean> {
-  const { rowCount } = await db.query(SQL_COMPLETE, [
-    ...identityParameters(identity),
-    ownerToken,
-    JSON.stringify(response),
-    ttlMs,
-  ]);
-  return rowCount === 1;
+  let text: string;
+  try {
+    text = JSON.stringify(response);
+  } catch (error) {
+    if (error instanceof RangeError) throw new UnstorableResponseError(error.message);
+    throw error;
+  }
+  try {
+    const { rowCount } = await db.query(SQL_COMPLETE, [...identityParameters(identity), ownerToken, text, ttlMs]);
+    return rowCount === 1;
+  } catch (error) {
+    const code = (error as { code?: string }).code;
+    if (code && UNSTORABLE.has(code)) throw new UnstorableResponseError((error as Error).message);
+    throw error;
+  }
 }
 
 function identityParameters(identity: RecordIdentity): unknown[] {

@@ -228,6 +228,24 @@ describe('chaos: database faults', () => {
     );
   });
 
+  // Storing late is safe (the owner token fences it out if another request took the key
+  // over), so it goes on past the lease: with no retry in between, the result is kept.
+  it('lease mode: an outage longer than the lease still ends with the result stored', async () => {
+    const app = await startBehindProxy({ PROVIDER_LATENCY_MS: '600', IDEMPOTENCY_LEASE_MS: '1500' });
+    const key = randomUUID();
+    const user = 'long-outage-' + randomUUID().slice(0, 8);
+    const first = post(app.url, '/emails', { key, user, body: email });
+    await waitFor(async () => (await cluster.count('emails', user)) === 1, 'the e-mail row');
+    proxy.down();
+    expect((await first).status).toBe(202);
+    await sleep(2500);
+    proxy.up();
+    await waitFor(async () => (await cluster.record(key))?.status === 'completed', 'the late completion', 10_000);
+    const retry = await post(app.url, '/emails', { key, user, body: email });
+    expect(retry.headers.get('idempotent-replayed')).toBe('true');
+    expect(await cluster.count('emails', user)).toBe(1);
+  });
+
   it('a connection cut while a slow-path claim waits on a row lock gives 503, and the process keeps serving', async () => {
     const app = await startBehindProxy({});
     const key = randomUUID();

@@ -31,6 +31,14 @@ class SlowPayments {
     return { id: row.id };
   }
 
+  @Post('idle/:owner')
+  @Idempotent({ transactional: true, leaseMs: 500 })
+  async idle(@Body() body: { delayMs: number }) {
+    runs++;
+    await sleep(body.delayMs);
+    return { idled: body.delayMs };
+  }
+
   @Post('hold/:owner')
   @Idempotent({ transactional: true, waitTimeoutMs: 300 })
   async hold(@Param('owner') owner: string, @Body() body: { delayMs: number }) {
@@ -83,6 +91,34 @@ describe.each(PLATFORMS)('server-side limits (%s)', (platform) => {
       expect(runs - before).toBe(1);
       const { rows } = await db.pool.query('SELECT count(*)::int AS n FROM payments WHERE user_id = $1', [owner]);
       expect(rows[0].n).toBe(1);
+    });
+
+    // A key whose old record expired (or whose owner died) is claimed on the slow path; its
+    // handler must get the same settings as a fresh key's.
+    it('holds for a key re-claimed from an expired record too', async () => {
+      const owner = 'reclaim-' + randomUUID().slice(0, 8);
+      const key = randomUUID();
+      await db.pool.query(
+        `INSERT INTO idempotency_keys (scope, method, route, idempotency_key, fingerprint, status, owner_token, locked_until, expires_at)
+         VALUES ('tenant', 'POST', $1, $2, 'x', 'in_progress', $3, now() - interval '1 minute', now() - interval '1 minute')`,
+        [`/pay/:owner`, key, randomUUID()],
+      );
+      const response = await post(running.url, `/pay/${owner}`, { key, body: { delayMs: 800 } });
+      expect(response.status).toBe(201);
+      const { rows } = await db.pool.query('SELECT count(*)::int AS n FROM payments WHERE user_id = $1', [owner]);
+      expect(rows[0].n).toBe(1);
+    });
+
+    // The lease bounds each idle stretch of a transactional request: what frees the key of
+    // a host that vanished without closing its connection.
+    it("ends a transaction that sits idle for longer than the route's lease, committing nothing", async () => {
+      const key = randomUUID();
+      const response = await post(running.url, '/idle/x', { key, body: { delayMs: 1500 } });
+      expect(response.status).toBe(503);
+      expect((await db.pool.query('SELECT 1 FROM idempotency_keys WHERE idempotency_key = $1', [key])).rows).toEqual(
+        [],
+      );
+      expect((await post(running.url, '/idle/x', { key, body: { delayMs: 0 } })).status).toBe(201);
     });
   });
 

@@ -153,7 +153,7 @@ describe('validateOptions', () => {
     ['waitTimeoutMs', 1, 2 ** 31 - 1],
     ['leaseMs', 30, 2 ** 31 - 1],
     ['ttlMs', 1, 100 * 365 * 24 * 60 * 60 * 1000],
-    ['maxResponseBytes', 1, 2 ** 30],
+    ['maxResponseBytes', 1, 64 * 2 ** 20],
     ['maxKeyLength', 1, 1024],
   ] as const)('accepts %s from %d to %d only, naming the option and where it was set', (name, min, max) => {
     for (const value of [0, -1, min - 1, max + 1, 1.5, 3e9 * 1e6, Number.NaN, Number.POSITIVE_INFINITY]) {
