@@ -53,6 +53,21 @@ export async function stats(base: string): Promise<Stats> {
   return (await fetch(base + '/__bench/stats')).json() as Promise<Stats>;
 }
 
+/**
+ * Waits until the server has finished what the previous run left in flight (autocannon
+ * stops sending, not the server working): no request answered and no query sent for a
+ * while. Otherwise their rows and CPU would count towards the next run.
+ */
+export async function settle(base: string): Promise<void> {
+  let last = await stats(base);
+  for (let quiet = 0; quiet < 3;) {
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    const now = await stats(base);
+    quiet = now.requests === last.requests && now.queries === last.queries ? quiet + 1 : 0;
+    last = now;
+  }
+}
+
 function keyFor(plan: KeyPlan): () => string | undefined {
   let sent = 0;
   switch (plan.kind) {
@@ -70,6 +85,7 @@ function keyFor(plan: KeyPlan): () => string | undefined {
 
 /** One autocannon run against the bench server, with the server's own counters around it. */
 export async function measure(options: LoadOptions): Promise<Measurement> {
+  await settle(options.base);
   const before = await stats(options.base);
   const nextKey = keyFor(options.keys);
   const headers = { 'content-type': 'application/json' };

@@ -7,7 +7,7 @@ import { DataSource } from 'typeorm';
 import { PostgresIdempotencyStore } from '../lib/index.js';
 import { sampleMigrations } from '../sample-app/migrations/index.js';
 import { startEmbeddedDatabase } from '../sample-app/embedded-database.js';
-import { CHARGE, type KeyPlan, type Measurement, measure, stats } from './load.js';
+import { CHARGE, type KeyPlan, type Measurement, measure, settle, stats } from './load.js';
 import { type BenchResults, compare, writeReport } from './report.js';
 
 /**
@@ -146,6 +146,7 @@ async function interleaved(
 async function run(base: string, variant: Variant, round: number, seconds: number, connections: number, rate?: number) {
   const keys = variant.keys(round);
   const payments = async () => Number((await db.query('SELECT count(*) AS n FROM payments'))[0].n);
+  if (keys.kind === 'burst') await settle(base);
   const before = keys.kind === 'burst' ? await payments() : 0;
   const result = await measure({
     variant: variant.name,
@@ -157,6 +158,7 @@ async function run(base: string, variant: Variant, round: number, seconds: numbe
     rate,
   });
   if (keys.kind === 'burst') {
+    await settle(base);
     // Handler executions (one payment row each) per key used: 1 means every key ran once.
     const [{ n }] = await db.query('SELECT count(*) AS n FROM idempotency_keys WHERE idempotency_key LIKE $1', [
       keys.prefix + '-%',
