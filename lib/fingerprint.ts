@@ -82,6 +82,9 @@ function writeParts(parts: FingerprintParts, write: (chunk: string | Buffer) => 
  * JSON with object keys sorted at every depth, so that `{"a":1,"b":2}` and
  * `{"b":2,"a":1}` are the same payload. Arrays keep their order; values JSON cannot hold
  * are dropped (in objects) or written as null (in arrays), as `JSON.stringify` does.
+ * Numbers that `JSON.stringify` would conflate but a handler can tell apart are written
+ * apart: `-0`, and `Infinity`, `-Infinity`, `NaN` (a body's `1e400` parses as `Infinity`,
+ * which must not fingerprint like `null`). The text is then not JSON, but it is only hashed.
  *
  * Iterative, not recursive: the depth of a request body is the client's to choose, and a
  * body nested tens of thousands of levels deep must not overflow the stack.
@@ -101,7 +104,8 @@ export function canonicalJson(root: unknown): string {
   /** Writes a value already passed through `toJsonValue`: a primitive, or the opening of an object or array. */
   const emit = (value: unknown): void => {
     if (value === null) out += 'null';
-    else if (typeof value === 'number') out += Number.isFinite(value) ? JSON.stringify(value) : 'null';
+    else if (typeof value === 'number')
+      out += Object.is(value, -0) ? '-0' : Number.isFinite(value) ? JSON.stringify(value) : String(value);
     else if (typeof value === 'string' || typeof value === 'boolean') out += JSON.stringify(value);
     else if (typeof value === 'bigint') throw new TypeError('Do not know how to serialize a BigInt');
     else {

@@ -55,6 +55,19 @@ describe.each(PLATFORMS)('hostile input (%s)', (platform) => {
   });
 
   describe('bodies', () => {
+    // JSON.parse gives Infinity for 1e400; written as JSON it would be null, the other request's value.
+    it("answers 422, not a replay, to a body whose number JSON would write like another body's", async () => {
+      for (const [first, second] of [
+        ['{"a":1e400}', '{"a":null}'],
+        ['{"a":-0}', '{"a":0}'],
+      ]) {
+        const key = randomUUID();
+        const headers = { 'content-type': 'application/json' };
+        expect((await post(base, '/echo', { key, body: first, headers })).status).toBe(201);
+        expectProblem(await post(base, '/echo', { key, body: second, headers }), 422, 'key-reused');
+      }
+    });
+
     it('fingerprints JSON nested 50,000 levels deep without overflowing: runs once, replays, 422 for another', async () => {
       const key = randomUUID();
       const before = calls.count('echo');

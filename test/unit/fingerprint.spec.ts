@@ -28,7 +28,7 @@ describe('canonicalJson', () => {
   });
 
   it('drops what JSON cannot hold, as JSON.stringify does', () => {
-    expect(canonicalJson({ a: undefined, b: () => 1, c: [undefined, Symbol('s')], d: NaN })).toBe(
+    expect(canonicalJson({ a: undefined, b: () => 1, c: [undefined, Symbol('s')], d: null })).toBe(
       '{"c":[null,null],"d":null}',
     );
     expect(canonicalJson(undefined)).toBe('null');
@@ -37,7 +37,7 @@ describe('canonicalJson', () => {
 
   it('writes exactly what JSON.stringify writes for values without key-order differences', () => {
     const values = [
-      { a: 'Grüße\n"quoted"\u2028', b: [1.5, -0, 1e21, 1e-7, true, false, null], c: {} },
+      { a: 'Grüße\n"quoted"\u2028', b: [1.5, 1e21, 1e-7, true, false, null], c: {} },
       [[], {}, '', 0],
       'plain',
       42,
@@ -52,6 +52,14 @@ describe('canonicalJson', () => {
     const text = canonicalJson(value);
     expect(text.length).toBe(kind === 'object' ? 100_000 * 6 + 1 : 200_001);
     expect(() => JSON.stringify(value)).toThrow(RangeError);
+  });
+
+  // JSON.parse turns 1e400 into Infinity; JSON.stringify would write it (and NaN) as null, and -0 as 0.
+  it('keeps apart the numbers JSON.stringify conflates', () => {
+    const texts = [null, 0, -0, Infinity, -Infinity, NaN].map((a) => canonicalJson({ a }));
+    expect(new Set(texts).size).toBe(6);
+    expect(canonicalJson(JSON.parse('{"a":1e400}'))).toBe('{"a":Infinity}');
+    expect(canonicalJson([-0])).toBe('[-0]');
   });
 
   it('refuses a cycle, as JSON.stringify does, instead of looping', () => {
