@@ -11,6 +11,11 @@ export interface ProblemDetails {
   [extension: string]: unknown;
 }
 
+/** The message of anything thrown, for the log. */
+export function describeError(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}
+
 /** Stable prefix of every problem `type` this library answers with. */
 export const PROBLEM_TYPE_BASE = 'urn:nestjs-idempotency:problem:';
 

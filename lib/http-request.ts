@@ -1,5 +1,6 @@
 import { type ExecutionContext, HttpException, Logger } from '@nestjs/common';
 import {
+  describeError,
   InvalidIdempotencyKeyError,
   MissingIdempotencyKeyError,
   UnparsedBodyError,
@@ -72,7 +73,7 @@ export async function resolveScope(
     scope = await options.scope(request, context);
   } catch (error) {
     if (error instanceof HttpException) throw error;
-    logger.error(`${where}: the scope resolver failed: ${error instanceof Error ? error.message : String(error)}`);
+    logger.error(`${where}: the scope resolver failed: ${describeError(error)}`);
     throw new UnresolvedScopeError();
   }
   if (typeof scope !== 'string' || scope.length === 0) {

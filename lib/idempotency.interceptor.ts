@@ -7,7 +7,7 @@ import {
 } from '@nestjs/common';
 import { HttpAdapterHost } from '@nestjs/core';
 import { from, lastValueFrom, mergeAll, type Observable, of } from 'rxjs';
-import { IdempotencyError } from './errors.js';
+import { describeError, IdempotencyError } from './errors.js';
 import type { Execution } from './execution.js';
 import { fingerprintParts, type IncomingRequest, readKey, resolveScope } from './http-request.js';
 import { type IdempotentRoute, IdempotentRoutes, servedRoute } from './idempotent-routes.js';
@@ -123,7 +123,7 @@ export class IdempotencyInterceptor implements NestInterceptor {
       else
         await this.service.complete(
           execution,
-          unreplayable(this.statusOf(response), `the result could not be serialised (${describe(error)})`),
+          unreplayable(this.statusOf(response), `the result could not be serialised (${describeError(error)})`),
         );
       throw error;
     }
@@ -163,8 +163,4 @@ export class IdempotencyInterceptor implements NestInterceptor {
   private statusOf(response: unknown): number {
     return (response as { statusCode: number }).statusCode;
   }
-}
-
-function describe(error: unknown): string {
-  return error instanceof Error ? error.message : String(error);
 }

@@ -2,7 +2,12 @@ import { Inject, Injectable, Logger, type OnApplicationShutdown, type OnModuleIn
 import { createHash, randomUUID } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { IdempotencyKeyReuseError, IdempotencyStoreUnavailableError, RequestInProgressError } from './errors.js';
+import {
+  describeError,
+  IdempotencyKeyReuseError,
+  IdempotencyStoreUnavailableError,
+  RequestInProgressError,
+} from './errors.js';
 import { Execution, type Outcome } from './execution.js';
 import { Fingerprinter, type FingerprintParts } from './fingerprint.js';
 import { KeyQueue } from './key-queue.js';
@@ -140,15 +145,7 @@ export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
       const claimedAt = performance.now();
       const claim = await this.storeCall(() => this.store.claim(request));
       if (claim.claimed) {
-        const { identity, options, leave } = attempt;
-        const execution = new Execution(
-          identity,
-          request.ownerToken,
-          claim.record.fingerprint,
-          options,
-          leave,
-          claimedAt,
-        );
+        const execution = this.executionOf(attempt, request, claim.record, claimedAt);
         execution.startHeartbeat(() => this.renew(execution));
         return { kind: 'execute', execution };
       }
@@ -174,17 +171,10 @@ export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
         const claim = await transaction.claim(request, attempt.waitUntil);
         if (claim.claimed) {
           await transaction.beginHandler(attempt.options.leaseMs);
-          const { identity, options, leave } = attempt;
-          const execution = new Execution(
-            identity,
-            request.ownerToken,
-            claim.record.fingerprint,
-            options,
-            leave,
-            claimedAt,
-            transaction,
-          );
-          return { kind: 'execute', execution };
+          return {
+            kind: 'execute',
+            execution: this.executionOf(attempt, request, claim.record, claimedAt, transaction),
+          };
         }
         observed = claim.observed;
       } catch (error) {
@@ -234,7 +224,7 @@ export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
       await this.completeOnce(execution, payload, response.status);
     } catch (error) {
       this.logger.warn(
-        `${where(execution)}: storing the response failed; retrying until it is stored: ${describe(error)}`,
+        `${where(execution)}: storing the response failed; retrying until it is stored: ${describeError(error)}`,
       );
       const retrying = this.keepCompleting(execution, payload, response.status).finally(() =>
         this.pendingCompletions.delete(retrying),
@@ -260,7 +250,7 @@ export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
     } catch (policyError) {
       // The error policy (or the capture) threw: the handler's error is still the answer, and nothing is stored.
       this.logger.error(
-        `${where(execution)}: deciding whether to store the handler's error failed: ${describe(policyError)}`,
+        `${where(execution)}: deciding whether to store the handler's error failed: ${describeError(policyError)}`,
       );
     }
     if (!stored) {
@@ -294,7 +284,7 @@ export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
       else await this.store.release(execution.identity, execution.ownerToken);
     } catch (error) {
       this.logger.error(
-        `${where(execution)}: could not release the key; it is free again once its lease lapses: ${describe(error)}`,
+        `${where(execution)}: could not release the key; it is free again once its lease lapses: ${describeError(error)}`,
       );
     } finally {
       execution.finish();
@@ -381,6 +371,17 @@ export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
     }
   }
 
+  /** The execution of a won claim; its fingerprint is the record's, which a take-over keeps. */
+  private executionOf(
+    { identity, options, leave }: Attempt,
+    request: ClaimRequest,
+    record: IdempotencyRecord,
+    claimedAt: number,
+    transaction?: StoreTransaction,
+  ): Execution {
+    return new Execution(identity, request.ownerToken, record.fingerprint, options, leave, claimedAt, transaction);
+  }
+
   private claimRequest({
     identity,
     fingerprints: [fingerprint, ...previous],
@@ -418,7 +419,7 @@ export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
       return renewed;
     } catch (error) {
       // The next beat tries again; the lease is a third of the way from lapsing.
-      if (!execution.finished) this.logger.warn(`${where(execution)}: lease renewal failed: ${describe(error)}`);
+      if (!execution.finished) this.logger.warn(`${where(execution)}: lease renewal failed: ${describeError(error)}`);
       return false;
     }
   }
@@ -433,7 +434,7 @@ export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
 
   private unavailable(error: unknown): IdempotencyStoreUnavailableError {
     if (error instanceof IdempotencyStoreUnavailableError) return error;
-    this.logger.error(`idempotency store unavailable: ${describe(error)}`);
+    this.logger.error(`idempotency store unavailable: ${describeError(error)}`);
     return new IdempotencyStoreUnavailableError(this.moduleOptions.retryAfterSeconds ?? 1);
   }
 
@@ -445,7 +446,7 @@ export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
       const deleted = await this.purgeExpired();
       if (deleted > 0) this.logger.log(`purged ${deleted} expired idempotency records`);
     } catch (error) {
-      this.logger.warn(`purge of expired records failed: ${describe(error)}`);
+      this.logger.warn(`purge of expired records failed: ${describeError(error)}`);
     } finally {
       this.purging = false;
     }
@@ -471,8 +472,4 @@ function backoff(attempt: number): number {
 
 function where({ identity }: Execution): string {
   return `${identity.method} ${identity.route}`;
-}
-
-function describe(error: unknown): string {
-  return error instanceof Error ? error.message : String(error);
 }
