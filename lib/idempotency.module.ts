@@ -1,11 +1,11 @@
 import { type DynamicModule, Module } from '@nestjs/common';
 import { APP_FILTER, APP_INTERCEPTOR, DiscoveryModule } from '@nestjs/core';
 import { IdempotentRoutes } from './idempotent-routes.js';
-import { IdempotentTransaction } from './idempotent-transaction.js';
-import { IdempotencyExceptionFilter } from './idempotency.filter.js';
-import { IdempotencyInterceptor } from './idempotency.interceptor.js';
+import { IdempotentTransaction } from './core/idempotent-transaction.js';
+import { IdempotencyExceptionFilter } from './http/idempotency.filter.js';
+import { IdempotencyInterceptor } from './http/idempotency.interceptor.js';
 import { ConfigurableIdempotencyModule, OPTIONS_TYPE } from './idempotency.module-definition.js';
-import { IdempotencyService } from './idempotency.service.js';
+import { IdempotencyService } from './core/idempotency.service.js';
 
 /**
  * `IdempotencyModule.forRoot({...})` or `.forRootAsync({ useFactory, inject, imports })`,

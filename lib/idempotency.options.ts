@@ -1,6 +1,6 @@
 import type { ExecutionContext, HttpException, Type } from '@nestjs/common';
-import type { FingerprintSecret } from './fingerprint.js';
-import type { ResponseEncryptionKey } from './response-cipher.js';
+import type { FingerprintSecret } from './core/fingerprint.js';
+import type { ResponseEncryptionKey } from './core/response-cipher.js';
 import type { IdempotencyStore } from './storage/idempotency.store.js';
 
 /** What a duplicate that arrives while the first request is still running receives. */

@@ -21,7 +21,7 @@ import {
   versionOf,
   writesResponseItself,
 } from './route-metadata.js';
-import { routePattern } from './request-identity.js';
+import { routePattern } from './http/request-identity.js';
 import { IdempotencyStore } from './storage/idempotency.store.js';
 
 /** Everything the interceptor needs about one idempotent handler of one controller, computed once. */

@@ -1,11 +1,11 @@
 // The whole public surface of the library. Anything not exported here is internal.
 export { IdempotencyModule } from './idempotency.module.js';
 export { Idempotent, IDEMPOTENT_METADATA } from './idempotent.decorator.js';
-export { IdempotentManager, IdempotentTransaction } from './idempotent-transaction.js';
-export { IdempotencyService } from './idempotency.service.js';
-export type { Outcome } from './execution.js';
-export { IdempotencyInterceptor, REPLAYED_HEADER } from './idempotency.interceptor.js';
-export { IdempotencyExceptionFilter } from './idempotency.filter.js';
+export { IdempotentManager, IdempotentTransaction } from './core/idempotent-transaction.js';
+export { IdempotencyService } from './core/idempotency.service.js';
+export type { Outcome } from './core/execution.js';
+export { IdempotencyInterceptor, REPLAYED_HEADER } from './http/idempotency.interceptor.js';
+export { IdempotencyExceptionFilter } from './http/idempotency.filter.js';
 export {
   DEFAULT_REPLAY_HEADERS,
   type ConcurrencyMode,
@@ -28,10 +28,10 @@ export {
   UnresolvedScopeError,
   type ProblemDetails,
 } from './errors.js';
-export type { IdempotencyRecord, RecordIdentity, RecordStatus, SealedResponse, StoredResponse } from './record.js';
-export { canonicalJson, fingerprintOf, type FingerprintParts, type FingerprintSecret } from './fingerprint.js';
-export type { ResponseEncryptionKey } from './response-cipher.js';
-export { parseIdempotencyKey } from './request-identity.js';
+export type { IdempotencyRecord, RecordIdentity, RecordStatus, SealedResponse, StoredResponse } from './core/record.js';
+export { canonicalJson, fingerprintOf, type FingerprintParts, type FingerprintSecret } from './core/fingerprint.js';
+export type { ResponseEncryptionKey } from './core/response-cipher.js';
+export { parseIdempotencyKey } from './http/request-identity.js';
 export {
   IdempotencyStore,
   type ClaimRequest,

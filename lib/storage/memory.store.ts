@@ -5,7 +5,7 @@ import {
   type IdempotencyRecord,
   type ObservedRecord,
   type RecordIdentity,
-} from '../record.js';
+} from '../core/record.js';
 import {
   type ClaimRequest,
   type ClaimResult,

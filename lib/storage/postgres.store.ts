@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { DataSource } from 'typeorm';
-import type { IdempotencyRecord, RecordIdentity } from '../record.js';
+import type { IdempotencyRecord, RecordIdentity } from '../core/record.js';
 import {
   type ClaimRequest,
   type ClaimResult,

@@ -1,6 +1,6 @@
 import { describe, expect, it } from '@jest/globals';
 import { createHash } from 'node:crypto';
-import { canonicalJson, Fingerprinter, fingerprintOf, type FingerprintParts } from '../../lib/fingerprint.js';
+import { canonicalJson, Fingerprinter, fingerprintOf, type FingerprintParts } from '../../lib/core/fingerprint.js';
 
 const SECRET = 'a test secret of enough length';
 const print = (parts: FingerprintParts) => fingerprintOf(parts, SECRET);

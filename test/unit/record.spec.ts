@@ -1,5 +1,5 @@
 import { describe, expect, it } from '@jest/globals';
-import { decideClaim, type ClaimDecision, type IdempotencyRecord, type RecordStatus } from '../../lib/record.js';
+import { decideClaim, type ClaimDecision, type IdempotencyRecord, type RecordStatus } from '../../lib/core/record.js';
 
 const FINGERPRINT = 'a'.repeat(64);
 const OTHER = 'b'.repeat(64);

@@ -1,6 +1,6 @@
 import { describe, expect, it } from '@jest/globals';
 import { InvalidIdempotencyKeyError } from '../../lib/errors.js';
-import { parseIdempotencyKey, routePattern } from '../../lib/request-identity.js';
+import { parseIdempotencyKey, routePattern } from '../../lib/http/request-identity.js';
 
 const HEADER = 'Idempotency-Key';
 const parse = (raw: string | string[] | undefined, maxLength = 255) => parseIdempotencyKey(raw, HEADER, maxLength);

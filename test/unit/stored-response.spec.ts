@@ -2,8 +2,8 @@ import { describe, expect, it } from '@jest/globals';
 import { BadRequestException, HttpException, StreamableFile } from '@nestjs/common';
 import { Readable } from 'node:stream';
 import { ResponseNotReplayableError } from '../../lib/errors.js';
-import type { StoredResponse } from '../../lib/record.js';
-import { captureError, captureResult, replayValue } from '../../lib/stored-response.js';
+import type { StoredResponse } from '../../lib/core/record.js';
+import { captureError, captureResult, replayValue } from '../../lib/core/stored-response.js';
 
 const META = { status: 201, headers: { 'content-type': 'application/json', location: '/payments/1' } };
 const LIMIT = 1024;

@@ -1,4 +1,4 @@
-import { decideClaim, type IdempotencyRecord, type ObservedRecord, type RecordIdentity } from '../../record.js';
+import { decideClaim, type IdempotencyRecord, type ObservedRecord, type RecordIdentity } from '../../core/record.js';
 import {
   type ClaimRequest,
   type ClaimResult,

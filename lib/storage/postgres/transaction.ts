@@ -1,5 +1,5 @@
 import type { EntityManager, QueryRunner } from 'typeorm';
-import type { RecordIdentity } from '../../record.js';
+import type { RecordIdentity } from '../../core/record.js';
 import type { ClaimRequest, ClaimResult, ResponsePayload, StoreTransaction } from '../idempotency.store.js';
 import { type PoolClient } from './connection.js';
 import {

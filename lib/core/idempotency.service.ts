@@ -7,16 +7,16 @@ import {
   IdempotencyKeyReuseError,
   IdempotencyStoreUnavailableError,
   RequestInProgressError,
-} from './errors.js';
+} from '../errors.js';
 import { Execution, type Outcome } from './execution.js';
 import { Fingerprinter, type FingerprintParts } from './fingerprint.js';
 import { KeyQueue } from './key-queue.js';
-import { MODULE_OPTIONS_TOKEN } from './idempotency.module-definition.js';
+import { MODULE_OPTIONS_TOKEN } from '../idempotency.module-definition.js';
 import {
   type IdempotencyModuleOptions,
   type ResolvedRouteOptions,
   validateModuleOptions,
-} from './idempotency.options.js';
+} from '../idempotency.options.js';
 import {
   decideClaim,
   type IdempotencyRecord,
@@ -32,7 +32,7 @@ import {
   type ResponsePayload,
   type StoreTransaction,
   UnstorableResponseError,
-} from './storage/idempotency.store.js';
+} from '../storage/idempotency.store.js';
 import { unreplayable } from './stored-response.js';
 
 /** One request's claim attempt, before it is run or answered. */

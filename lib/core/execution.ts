@@ -1,7 +1,7 @@
 import { performance } from 'node:perf_hooks';
-import type { ResolvedRouteOptions } from './idempotency.options.js';
+import type { ResolvedRouteOptions } from '../idempotency.options.js';
 import type { RecordIdentity, StoredResponse } from './record.js';
-import type { StoreTransaction } from './storage/idempotency.store.js';
+import type { StoreTransaction } from '../storage/idempotency.store.js';
 
 /** A claimed record that this request now runs the handler for. */
 export class Execution {

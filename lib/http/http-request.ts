@@ -5,9 +5,9 @@ import {
   MissingIdempotencyKeyError,
   UnparsedBodyError,
   UnresolvedScopeError,
-} from './errors.js';
-import type { FingerprintParts } from './fingerprint.js';
-import type { ResolvedRouteOptions } from './idempotency.options.js';
+} from '../errors.js';
+import type { FingerprintParts } from '../core/fingerprint.js';
+import type { ResolvedRouteOptions } from '../idempotency.options.js';
 import { parseIdempotencyKey } from './request-identity.js';
 
 /** The parts of an HTTP request the library reads; Express and Fastify requests both have them. */

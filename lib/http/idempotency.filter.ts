@@ -1,6 +1,6 @@
 import { type ArgumentsHost, Catch, type ExceptionFilter } from '@nestjs/common';
 import { HttpAdapterHost } from '@nestjs/core';
-import { IdempotencyError } from './errors.js';
+import { IdempotencyError } from '../errors.js';
 
 /**
  * Renders the library's errors as `application/problem+json` (RFC 9457), as the IETF

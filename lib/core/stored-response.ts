@@ -1,6 +1,6 @@
 import { HttpException, StreamableFile } from '@nestjs/common';
 import { Readable } from 'node:stream';
-import { ResponseNotReplayableError } from './errors.js';
+import { ResponseNotReplayableError } from '../errors.js';
 import type { StoredResponse } from './record.js';
 
 /**

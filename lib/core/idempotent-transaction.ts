@@ -1,7 +1,7 @@
 import { createParamDecorator, Injectable } from '@nestjs/common';
 import { AsyncLocalStorage } from 'node:async_hooks';
 import type { EntityManager } from 'typeorm';
-import type { StoreTransaction } from './storage/idempotency.store.js';
+import type { StoreTransaction } from '../storage/idempotency.store.js';
 
 /** Emptied when the handler has returned: callbacks it left behind find no transaction. */
 interface Scope {

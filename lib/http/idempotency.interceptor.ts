@@ -7,15 +7,15 @@ import {
 } from '@nestjs/common';
 import { HttpAdapterHost } from '@nestjs/core';
 import { from, lastValueFrom, mergeAll, type Observable, of } from 'rxjs';
-import { describeError, IdempotencyError } from './errors.js';
-import type { Execution } from './execution.js';
+import { describeError, IdempotencyError } from '../errors.js';
+import type { Execution } from '../core/execution.js';
 import { fingerprintParts, type IncomingRequest, readKey, resolveScope } from './http-request.js';
-import { type IdempotentRoute, IdempotentRoutes, servedRoute } from './idempotent-routes.js';
-import { declaredHeaders, type Handler, SAFE_METHODS } from './route-metadata.js';
-import { runInTransaction } from './idempotent-transaction.js';
-import { IdempotencyService } from './idempotency.service.js';
-import type { StoredResponse } from './record.js';
-import { captureError, captureResult, replayValue, unreplayable } from './stored-response.js';
+import { type IdempotentRoute, IdempotentRoutes, servedRoute } from '../idempotent-routes.js';
+import { declaredHeaders, type Handler, SAFE_METHODS } from '../route-metadata.js';
+import { runInTransaction } from '../core/idempotent-transaction.js';
+import { IdempotencyService } from '../core/idempotency.service.js';
+import type { StoredResponse } from '../core/record.js';
+import { captureError, captureResult, replayValue, unreplayable } from '../core/stored-response.js';
 
 /** The de-facto replay marker (Stripe and others); the draft defines none. */
 export const REPLAYED_HEADER = 'Idempotent-Replayed';

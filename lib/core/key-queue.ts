@@ -1,4 +1,4 @@
-import { RequestInProgressError } from './errors.js';
+import { RequestInProgressError } from '../errors.js';
 
 /**
  * Per-process queue of the requests for one key: only its head talks to the store. In

@@ -1,4 +1,4 @@
-import { InvalidIdempotencyKeyError } from './errors.js';
+import { InvalidIdempotencyKeyError } from '../errors.js';
 
 /**
  * Reads the idempotency key from a header value. Accepts both the IETF draft's form, a
