@@ -16,6 +16,42 @@ export function describeError(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
 }
 
+/**
+ * A key, name or scope that cannot identify an operation outside HTTP (`run()`, a message,
+ * a provider method): empty, not text, too long, or text the store cannot keep exactly.
+ * Nothing runs and nothing is stored.
+ */
+export class InvalidIdempotencyInputError extends TypeError {
+  override readonly name = 'InvalidIdempotencyInputError';
+}
+
+/**
+ * A message without a key on a handler that requires one: it is refused, never run
+ * unguarded. Set `key` to read one from the payload, or `required: false` to let such
+ * messages through without idempotency.
+ */
+export class MissingMessageKeyError extends Error {
+  override readonly name = 'MissingMessageKeyError';
+
+  constructor(where: string, fromExtractor: boolean) {
+    super(
+      `${where}: the message has no idempotency key ` +
+        (fromExtractor
+          ? '(the "key" extractor returned none), so it is refused.'
+          : '(no AMQP messageId, no Nats-Msg-Id header), so it is refused. Publish it with an id, or give the handler a "key" extractor.'),
+    );
+  }
+}
+
+/** A call of an `@IdempotentMethod()` whose `key` gave none: refused, never run unguarded (unless `required: false`). */
+export class MissingMethodKeyError extends Error {
+  override readonly name = 'MissingMethodKeyError';
+
+  constructor(where: string) {
+    super(`${where}: the "key" of @IdempotentMethod() returned no key for this call, so it is refused.`);
+  }
+}
+
 /** Stable prefix of every problem `type` this library answers with. */
 export const PROBLEM_TYPE_BASE = 'urn:nestjs-idempotency:problem:';
 

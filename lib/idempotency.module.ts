@@ -4,6 +4,8 @@ import { IdempotentRoutes } from './idempotent-routes.js';
 import { IdempotentTransaction } from './core/idempotent-transaction.js';
 import { IdempotencyExceptionFilter } from './http/idempotency.filter.js';
 import { IdempotencyInterceptor } from './http/idempotency.interceptor.js';
+import { IdempotentMethods } from './method/idempotent-methods.js';
+import { MessageIdempotencyInterceptor } from './microservices/message.interceptor.js';
 import { ConfigurableIdempotencyModule, OPTIONS_TYPE } from './idempotency.module-definition.js';
 import { IdempotencyService } from './core/idempotency.service.js';
 
@@ -17,7 +19,9 @@ import { IdempotencyService } from './core/idempotency.service.js';
   providers: [
     IdempotentRoutes,
     IdempotencyService,
+    IdempotentMethods,
     { provide: APP_INTERCEPTOR, useClass: IdempotencyInterceptor },
+    { provide: APP_INTERCEPTOR, useClass: MessageIdempotencyInterceptor },
     { provide: APP_FILTER, useClass: IdempotencyExceptionFilter },
     IdempotentTransaction,
   ],

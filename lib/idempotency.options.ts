@@ -86,6 +86,39 @@ export interface IdempotentRouteOptions {
    * @default 1048576 (1 MiB)
    */
   maxResponseBytes?: number;
+  /**
+   * The caller's identity: keys are unique per (scope, method, route, key), so one
+   * caller can never receive another's stored response. Must return a non-empty string;
+   * for a public API whose callers deliberately share one key space, return a constant.
+   * Message handlers get `(data, context)`, and without a scope on their decorators their
+   * keys are unique per pattern (the module's scope is for HTTP).
+   * @default `request.user.id ?? .sub ?? .userId`; refuses requests without `request.user` or without any of those ids
+   */
+  scope?: ScopeResolver;
+  /**
+   * HTTP routes only: for requests that come without a key (a double-clicked form, a
+   * webhook sender that sends no id), derive one from the caller's scope, the route and
+   * the request's fingerprint, so that the same request from the same caller within
+   * `windowMs` of the first one's completion gets its stored response. A request that
+   * sends a key always uses its own. Right for forms and webhooks; wrong where two
+   * identical requests are two genuine operations (two equal payments): there, clients
+   * must send keys.
+   * @default off: a request without a key gets 400 (or passes through with `required: false`)
+   */
+  derive?: { windowMs: number };
+  /**
+   * Message handlers only (`@MessagePattern`, `@EventPattern`): the message's key. Return
+   * undefined when the message has none.
+   * @default the message's own id: the AMQP `messageId` property (RabbitMQ), the `Nats-Msg-Id` header (NATS)
+   */
+  key?: (data: any, context: any) => string | undefined | Promise<string | undefined>;
+  /**
+   * Message handlers only: called instead of the handler for a message that is answered
+   * without running it (a duplicate of a completed one). Acknowledge the message here if
+   * your handler acknowledges messages itself (RabbitMQ with `noAck: false`), or it stays
+   * unacknowledged.
+   */
+  acknowledge?: (data: any, context: any) => unknown;
 }
 
 /** Module options: defaults for every route, plus what only the module decides. */
@@ -100,13 +133,6 @@ export interface IdempotencyModuleOptions extends IdempotentRouteOptions {
    * @default 255
    */
   maxKeyLength?: number;
-  /**
-   * The caller's identity: keys are unique per (scope, method, route, key), so one
-   * caller can never receive another's stored response. Must return a non-empty string;
-   * for a public API whose callers deliberately share one key space, return a constant.
-   * @default `request.user.id ?? .sub ?? .userId`; refuses requests without `request.user` or without any of those ids
-   */
-  scope?: ScopeResolver;
   /**
    * `Retry-After` seconds sent with 409 (in progress) and 503 (store unavailable).
    * @default 1
@@ -217,8 +243,11 @@ const TRANSIENT_CLIENT_ERRORS = new Set([408, 409, 425, 429]);
 const storeClientErrors: ErrorStoragePolicy = (status) =>
   status >= 400 && status < 500 && !TRANSIENT_CLIENT_ERRORS.has(status);
 
+/** Options that belong to one context and are read from the decorators, never from the module. */
+export type ContextOptions = 'derive' | 'key' | 'acknowledge';
+
 /** Options of one route after defaults, module options and route options are merged. */
-export type ResolvedRouteOptions = Required<Omit<IdempotentRouteOptions, 'fingerprint'>> & {
+export type ResolvedRouteOptions = Required<Omit<IdempotentRouteOptions, 'fingerprint' | ContextOptions>> & {
   fingerprint: { query: boolean; headers: string[] };
   headerName: string;
   maxKeyLength: number;
@@ -347,6 +376,13 @@ export function validateModuleOptions(options: IdempotencyModuleOptions): void {
       `IdempotencyModule: the module options are ${options === null ? 'null' : typeof options}; ` +
         'return an object from the options factory ({} for every default).',
     );
+  }
+  for (const name of ['derive', 'key', 'acknowledge'] as const) {
+    if (options[name] !== undefined) {
+      throw new Error(
+        `IdempotencyModule: "${name}" belongs to one route or handler: set it in @Idempotent(), not in the module options.`,
+      );
+    }
   }
   const interval = options.purgeIntervalMs;
   if (

@@ -3,6 +3,9 @@ export { IdempotencyModule } from './idempotency.module.js';
 export { Idempotent, IDEMPOTENT_METADATA } from './idempotent.decorator.js';
 export { IdempotentManager, IdempotentTransaction } from './core/idempotent-transaction.js';
 export { IdempotencyService } from './core/idempotency.service.js';
+export type { IdempotentRunOptions } from './core/run-options.js';
+export { IdempotentMethod, type IdempotentMethodOptions } from './method/idempotent-method.decorator.js';
+export { MessageIdempotencyInterceptor } from './microservices/message.interceptor.js';
 export type { Outcome } from './core/execution.js';
 export { IdempotencyInterceptor, REPLAYED_HEADER } from './http/idempotency.interceptor.js';
 export { IdempotencyExceptionFilter } from './http/idempotency.filter.js';
@@ -19,7 +22,10 @@ export {
   IdempotencyError,
   IdempotencyKeyReuseError,
   IdempotencyStoreUnavailableError,
+  InvalidIdempotencyInputError,
   InvalidIdempotencyKeyError,
+  MissingMessageKeyError,
+  MissingMethodKeyError,
   MissingIdempotencyKeyError,
   PROBLEM_TYPE_BASE,
   RequestInProgressError,

@@ -22,6 +22,9 @@ const SSE = '__sse__';
 const HEADERS = '__headers__';
 /** `@MessagePattern()` / `@EventPattern()` of `@nestjs/microservices`. */
 const MESSAGE_PATTERN = 'microservices:pattern';
+/** `PatternHandler.MESSAGE` (1) or `.EVENT` (2). */
+const MESSAGE_HANDLER_TYPE = 'microservices:handler_type';
+const EVENT_HANDLER = 2;
 /** `@SubscribeMessage()` of `@nestjs/websockets`. */
 const WEBSOCKET_MESSAGE = 'message';
 
@@ -47,12 +50,37 @@ export function isHttpHandler(handler: Handler): boolean {
   return Reflect.getMetadata(PATH, handler) !== undefined;
 }
 
-/** Whether a method handles messages or events (microservices, websockets) rather than HTTP. */
+/** Whether a method handles messages or events of `@nestjs/microservices`. */
 export function isMessageHandler(handler: Handler): boolean {
-  return (
-    Reflect.getMetadata(MESSAGE_PATTERN, handler) !== undefined ||
-    Reflect.getMetadata(WEBSOCKET_MESSAGE, handler) !== undefined
-  );
+  return Reflect.getMetadata(MESSAGE_PATTERN, handler) !== undefined;
+}
+
+/** Whether a method handles websocket messages (`@SubscribeMessage()`). */
+export function isWebsocketHandler(handler: Handler): boolean {
+  return Reflect.getMetadata(WEBSOCKET_MESSAGE, handler) !== undefined;
+}
+
+/** Whether a message handler handles events (`@EventPattern`: no reply) rather than requests (`@MessagePattern`). */
+export function isEventHandler(handler: Handler): boolean {
+  return Reflect.getMetadata(MESSAGE_HANDLER_TYPE, handler) === EVENT_HANDLER;
+}
+
+/**
+ * The patterns a message handler serves, as stable text: strings as they are, object
+ * patterns as JSON with sorted keys (as Nest itself normalises them).
+ */
+export function messagePatternsOf(handler: Handler): string {
+  const patterns = (Reflect.getMetadata(MESSAGE_PATTERN, handler) ?? []) as unknown[];
+  return patterns.map((pattern) => (typeof pattern === 'string' ? pattern : sortedJson(pattern))).join(' | ');
+}
+
+function sortedJson(value: unknown): string {
+  if (value === null || typeof value !== 'object') return JSON.stringify(value) ?? String(value);
+  if (Array.isArray(value)) return `[${value.map(sortedJson).join(',')}]`;
+  const entries = Object.keys(value)
+    .sort()
+    .map((name) => `${JSON.stringify(name)}:${sortedJson((value as Record<string, unknown>)[name])}`);
+  return `{${entries.join(',')}}`;
 }
 
 /** The HTTP method name of a route handler when it is a safe one (GET, HEAD, OPTIONS). */

@@ -1,78 +1,48 @@
 import { Inject, Injectable, Logger, type OnApplicationShutdown, type OnModuleInit } from '@nestjs/common';
-import { createHash, randomUUID } from 'node:crypto';
-import { performance } from 'node:perf_hooks';
-import { setTimeout as sleep } from 'node:timers/promises';
-import {
-  describeError,
-  IdempotencyKeyReuseError,
-  IdempotencyStoreUnavailableError,
-  RequestInProgressError,
-} from '../errors.js';
-import { Execution, type Outcome } from './execution.js';
-import { Fingerprinter, type FingerprintParts } from './fingerprint.js';
-import { KeyQueue } from './key-queue.js';
+import { createHash } from 'node:crypto';
+import type { EntityManager } from 'typeorm';
+import { describeError } from '../errors.js';
 import { MODULE_OPTIONS_TOKEN } from '../idempotency.module-definition.js';
 import {
   type IdempotencyModuleOptions,
   type ResolvedRouteOptions,
   validateModuleOptions,
 } from '../idempotency.options.js';
-import {
-  decideClaim,
-  type IdempotencyRecord,
-  type ObservedRecord,
-  type RecordIdentity,
-  type StoredResponse,
-} from './record.js';
+import { IdempotencyStore, type PurgeOptions } from '../storage/idempotency.store.js';
+import type { Execution, Outcome } from './execution.js';
+import { Fingerprinter, type FingerprintParts } from './fingerprint.js';
+import { type Attempt, type ExecutionMode, Flow, where } from './flow.js';
+import { currentManager } from './idempotent-transaction.js';
+import { KeyQueue } from './key-queue.js';
+import { LeaseMode } from './lease.mode.js';
+import type { IdempotencyRecord, RecordIdentity, StoredResponse } from './record.js';
 import { ResponseCipher } from './response-cipher.js';
-import {
-  type ClaimRequest,
-  IdempotencyStore,
-  type PurgeOptions,
-  type ResponsePayload,
-  type StoreTransaction,
-  UnstorableResponseError,
-} from '../storage/idempotency.store.js';
-import { unreplayable } from './stored-response.js';
-
-/** One request's claim attempt, before it is run or answered. */
-interface Attempt {
-  identity: RecordIdentity;
-  /** Under the current secret first, then under previous ones. */
-  fingerprints: string[];
-  options: ResolvedRouteOptions;
-  /** When a duplicate stops waiting (`'wait'`), or now (`'reject'`). */
-  waitUntil: number;
-  /** When the request stops waiting for a pooled connection. */
-  acquireBy: number;
-  leave: () => void;
-}
-
-/** PostgreSQL's lock_not_available: a lock_timeout ran out. */
-const LOCK_TIMEOUT = '55P03';
+import { type IdempotentRunOptions, operationOf } from './run-options.js';
+import { resultOf, storedResult } from './stored-response.js';
+import { TransactionalMode } from './transactional.mode.js';
 
 /** Scopes longer than this are stored as their SHA-256, so that they fit the primary key's index entry. */
 const MAX_STORED_SCOPE_BYTES = 256;
 const HASHED_SCOPE = 'sha256:';
 
-/** Longest pause between attempts to store a lease-mode response while the store is down. */
-const MAX_COMPLETION_BACKOFF_MS = 5000;
-
 /**
- * The idempotency flow: claim, wait, replay, complete, release; plus purge and look-up.
- * It knows nothing of HTTP: the interceptor maps requests onto it and outcomes to replies.
+ * The idempotency flow, free of any context: claim, wait, replay, complete, release; plus
+ * purge and look-up. Each context (HTTP, messages, provider methods) maps its calls onto
+ * it, and `run()` offers it to any code.
  */
 @Injectable()
 export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
   private readonly logger = new Logger('Idempotency');
   private readonly queue = new KeyQueue();
   private readonly cipher: ResponseCipher;
+  private readonly flow: Flow;
+  private readonly lease: LeaseMode;
+  private readonly transactional: TransactionalMode;
   private fingerprinter?: Fingerprinter;
   private purgeTimer?: NodeJS.Timeout;
   private purging = false;
-  private shuttingDown = false;
-  /** Lease-mode completions still being retried after the response was sent. */
-  private readonly pendingCompletions = new Set<Promise<void>>();
+  private started!: () => void;
+  private readonly startedPromise = new Promise<void>((resolve) => (this.started = resolve));
 
   constructor(
     private readonly store: IdempotencyStore,
@@ -80,6 +50,9 @@ export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
   ) {
     validateModuleOptions(moduleOptions);
     this.cipher = new ResponseCipher(moduleOptions.encryptionKeys);
+    this.flow = new Flow(store, this.cipher, this.logger, moduleOptions.retryAfterSeconds ?? 1);
+    this.lease = new LeaseMode(this.flow);
+    this.transactional = new TransactionalMode(this.flow);
   }
 
   async onModuleInit(): Promise<void> {
@@ -92,17 +65,59 @@ export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
       this.purgeTimer = setInterval(() => void this.purgeInBackground(), interval);
       this.purgeTimer.unref();
     }
+    this.started();
+  }
+
+  /** @internal Resolves once the service can serve calls (its secret is read): for callers outside Nest's lifecycle. */
+  ready(): Promise<void> {
+    return this.startedPromise;
   }
 
   async onApplicationShutdown(): Promise<void> {
-    this.shuttingDown = true;
     clearInterval(this.purgeTimer);
-    await Promise.allSettled(this.pendingCompletions);
+    await this.lease.shutdown();
   }
 
   /**
-   * Decides what a request gets: claims the record, waits for it (`concurrency: 'wait'`),
-   * or finds it completed. Throws 409, 422 or 503 problems.
+   * Runs `operation` once per key: the first call runs it and stores its result; every
+   * repeat (sequential or parallel, in any process) gets the stored result instead, as
+   * JSON makes it (a Date comes back as its ISO string). An operation that throws stores
+   * nothing: the key is free again, and the next call runs it.
+   *
+   * With `transactional: true`, `operation` gets the EntityManager of a transaction that
+   * also holds the claim: write through it, and the writes commit together with the
+   * stored result, or not at all.
+   *
+   * Throws `RequestInProgressError` when another call holds the key (`concurrency:
+   * 'reject'`, or `'wait'` past `waitTimeoutMs`), `IdempotencyKeyReuseError` when the key
+   * was used with another `payload`, and `IdempotencyStoreUnavailableError`.
+   */
+  run<T>(
+    options: IdempotentRunOptions & { transactional: true },
+    operation: (manager: EntityManager) => T | Promise<T>,
+  ): Promise<Awaited<T>>;
+  run<T>(options: IdempotentRunOptions, operation: () => T | Promise<T>): Promise<Awaited<T>>;
+  async run<T>(
+    options: IdempotentRunOptions,
+    operation: (manager: EntityManager) => T | Promise<T>,
+  ): Promise<Awaited<T>> {
+    const { identity, routeOptions, payload } = operationOf(this.moduleOptions, options);
+    const outcome = await this.begin(routeOptions, identity, { body: payload });
+    if (outcome.kind === 'replay') return resultOf(outcome.response) as Awaited<T>;
+    return (await this.execute(outcome.execution, async () => operation(currentManager()!))) as Awaited<T>;
+  }
+
+  /**
+   * @internal A key for a request that sent none: its fingerprint under the current
+   * secret, so that only the same request (body, parameters, query) maps to it.
+   */
+  derivedKey(parts: FingerprintParts): string {
+    return `derived:${this.fingerprinter!.of(parts)[0]}`;
+  }
+
+  /**
+   * @internal Decides what a call gets: claims the record, waits for it (`concurrency:
+   * 'wait'`), or finds it completed. Throws 409, 422 or 503 problems.
    */
   async begin(options: ResolvedRouteOptions, identity: RecordIdentity, parts: FingerprintParts): Promise<Outcome> {
     identity = { ...identity, scope: storedScope(identity.scope) };
@@ -116,9 +131,7 @@ export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
       : () => {};
     const attempt: Attempt = { identity, fingerprints, options, waitUntil, acquireBy, leave };
     try {
-      const outcome =
-        (await this.answerFromCompleted(attempt)) ??
-        (options.transactional ? await this.beginInTransaction(attempt) : await this.beginWithLease(attempt));
+      const outcome = (await this.answerFromCompleted(attempt)) ?? (await this.modeOf(options).begin(attempt));
       if (outcome.kind !== 'execute') leave();
       return outcome;
     } catch (error) {
@@ -128,121 +141,51 @@ export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
   }
 
   /**
-   * Replays (and 422s) first, with one plain indexed read: a completed record needs no
-   * claim statement and no transaction, and holds no pooled connection beyond the query,
-   * which matters most in a retry storm. A first execution pays it as one extra read.
+   * @internal Runs a won claim's handler whose result is a value (not an HTTP response),
+   * and stores the result, or releases the key when the handler throws.
    */
-  private async answerFromCompleted(attempt: Attempt): Promise<Outcome | undefined> {
-    const existing = await this.storeCall(() => this.store.find(attempt.identity, attempt.acquireBy));
-    if (existing?.status !== 'completed') return undefined;
-    return this.answerOrWait({ record: existing, expired: false, leaseLapsed: false }, attempt, 0);
-  }
-
-  /** Lease mode: the claim commits at once; duplicates poll, as the owner holds no lock. */
-  private async beginWithLease(attempt: Attempt): Promise<Outcome> {
-    for (let round = 0; ; round++) {
-      const request = this.claimRequest(attempt);
-      const claimedAt = performance.now();
-      const claim = await this.storeCall(() => this.store.claim(request));
-      if (claim.claimed) {
-        const execution = this.executionOf(attempt, request, claim.record, claimedAt);
-        execution.startHeartbeat(() => this.renew(execution));
-        return { kind: 'execute', execution };
-      }
-      const answer = await this.answerOrWait(claim.observed, attempt, round);
-      if (answer) return answer;
-    }
-  }
-
-  /**
-   * Transactional mode: the claim stays uncommitted until the handler's writes and the
-   * response commit with it. A duplicate's claim waits on that uncommitted row, inside
-   * PostgreSQL, until the owner commits (then it replays) or rolls back (then it owns the
-   * key), for at most the time it may wait.
-   */
-  private async beginInTransaction(attempt: Attempt): Promise<Outcome> {
-    for (let round = 0; ; round++) {
-      const request = this.claimRequest(attempt);
-      const transaction = await this.storeCall(() => this.store.openTransaction(attempt.acquireBy));
-      const claimedAt = performance.now();
-      let observed: ObservedRecord;
-      try {
-        // 'reject': waitUntil is now, so the claim waits 1 ms at most for another owner.
-        const claim = await transaction.claim(request, attempt.waitUntil);
-        if (claim.claimed) {
-          await transaction.beginHandler(attempt.options.leaseMs);
-          return {
-            kind: 'execute',
-            execution: this.executionOf(attempt, request, claim.record, claimedAt, transaction),
-          };
-        }
-        observed = claim.observed;
-      } catch (error) {
-        await transaction.rollback();
-        if ((error as { code?: string }).code === LOCK_TIMEOUT) {
-          throw new RequestInProgressError(attempt.options.retryAfterSeconds);
-        }
-        throw this.unavailable(error);
-      }
-      await transaction.rollback();
-      // Only a lease-mode record (the route's mode changed) can be seen in progress here.
-      const answer = await this.answerOrWait(observed, attempt, round);
-      if (answer) return answer;
-    }
-  }
-
-  /** Answers from a record someone else holds, or sleeps and returns nothing for another round. */
-  private async answerOrWait(observed: ObservedRecord, attempt: Attempt, round: number): Promise<Outcome | undefined> {
-    const [fingerprint, ...previous] = attempt.fingerprints;
-    const decision = decideClaim(observed, fingerprint, previous);
-    if (decision === 'mismatch') throw new IdempotencyKeyReuseError();
-    if (decision === 'replay') return { kind: 'replay', response: this.open(observed.record) };
-    const remaining = attempt.waitUntil - Date.now();
-    if (remaining <= 0) throw new RequestInProgressError(attempt.options.retryAfterSeconds);
-    await sleep(Math.min(remaining, backoff(round)));
-    return undefined;
-  }
-
-  /**
-   * Stores the response of a finished execution. Returns a stored response to answer with
-   * instead of the handler's, in the one case where the handler's may not be the truth.
-   *
-   * Lease mode: the handler's effect has happened, so its response is the truth for this
-   * client, and it is sent even if storing it fails; storing goes on in the background,
-   * with back-off, for as long as the lease is held (the heartbeat keeps it), so a
-   * database outage shorter than the lease never lets a retry run the handler again.
-   *
-   * Transactional mode: the response commits with the handler's writes. If the commit
-   * fails, neither happened, and the client gets 503 (so it retries; nothing is left
-   * claimed), unless the record turns out to be completed after all (the connection broke
-   * after PostgreSQL committed): then the stored response is the answer.
-   */
-  async complete(execution: Execution, response: StoredResponse): Promise<StoredResponse | undefined> {
-    const payload = this.cipher.seal(execution.identity, response);
-    if (execution.transaction) return this.commit(execution, execution.transaction, payload);
+  async execute(execution: Execution, handler: () => Promise<unknown>): Promise<unknown> {
+    let result: unknown;
     try {
-      await this.completeOnce(execution, payload, response.status);
+      result = await this.runHandler(execution, handler);
     } catch (error) {
-      this.logger.warn(
-        `${where(execution)}: storing the response failed; retrying until it is stored: ${describeError(error)}`,
-      );
-      const retrying = this.keepCompleting(execution, payload, response.status).finally(() =>
-        this.pendingCompletions.delete(retrying),
-      );
-      this.pendingCompletions.add(retrying);
+      throw await this.fail(execution, error, () => undefined);
     }
-    return undefined;
+    let stored: StoredResponse;
+    try {
+      stored = storedResult(result, execution.options.maxResponseBytes);
+    } catch (error) {
+      await this.abandon(execution, 200, `the result could not be serialised (${describeError(error)})`);
+      throw error;
+    }
+    const instead = await this.complete(execution, stored);
+    return instead ? resultOf(instead) : result;
+  }
+
+  /** @internal Runs the handler of a won claim, in its transaction in transactional mode. */
+  runHandler<T>(execution: Execution, handler: () => Promise<T>): Promise<T> {
+    return this.modeOf(execution.options).runHandler(execution, handler);
   }
 
   /**
-   * The handler failed with `error`. Stores what `capture` makes of it (a final answer,
-   * e.g. a 4xx), or releases the key so that a retry runs again. Returns the error to
-   * throw: the handler's own, or 503 when the transaction's connection broke under it.
+   * @internal Stores the result of a finished execution. Returns a stored result to answer
+   * with instead of the handler's, in the one case where the handler's may not be the
+   * truth (see `TransactionalMode.complete`).
+   */
+  complete(execution: Execution, response: StoredResponse): Promise<StoredResponse | undefined> {
+    return this.modeOf(execution.options).complete(execution, response);
+  }
+
+  /**
+   * @internal The handler failed with `error`. Stores what `capture` makes of it (a final
+   * answer, e.g. a 4xx), or releases the key so that a retry runs again. Returns the error
+   * to throw: the handler's own, or 503 when the transaction's connection broke under it.
    */
   async fail(execution: Execution, error: unknown, capture: () => StoredResponse | undefined): Promise<unknown> {
-    if (execution.transaction?.isLost(error)) {
-      await this.release(execution);
-      return this.unavailable(error);
+    const mode = this.modeOf(execution.options);
+    if (mode.lostConnection(execution, error)) {
+      await mode.release(execution);
+      return this.flow.unavailable(error);
     }
     let stored: StoredResponse | undefined;
     try {
@@ -254,41 +197,20 @@ export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
       );
     }
     if (!stored) {
-      await this.release(execution);
+      await mode.release(execution);
       return error;
     }
-    const { transaction } = execution;
-    if (!transaction) {
-      await this.complete(execution, stored);
-      return error;
-    }
-    try {
-      // The error is the answer, so the handler's writes are undone; the claim stays.
-      await transaction.discardHandlerWrites();
-    } catch (discardError) {
-      await this.release(execution);
-      return this.unavailable(discardError);
-    }
-    try {
-      await this.commit(execution, transaction, this.cipher.seal(execution.identity, stored));
-    } catch (commitError) {
-      return commitError;
-    }
-    return error;
+    return mode.completeWithError(execution, stored, error);
   }
 
-  /** Frees the key of a failed execution so that a retry runs the handler again. */
-  async release(execution: Execution): Promise<void> {
-    try {
-      if (execution.transaction) await execution.transaction.rollback();
-      else await this.store.release(execution.identity, execution.ownerToken);
-    } catch (error) {
-      this.logger.error(
-        `${where(execution)}: could not release the key; it is free again once its lease lapses: ${describeError(error)}`,
-      );
-    } finally {
-      execution.finish();
-    }
+  /** @internal A result that cannot be stored: completed as not replayable, or released where its effect is undone. */
+  abandon(execution: Execution, status: number, reason: string): Promise<void> {
+    return this.modeOf(execution.options).abandon(execution, status, reason);
+  }
+
+  /** @internal Frees the key of a failed execution so that a retry runs the handler again. */
+  release(execution: Execution): Promise<void> {
+    return this.modeOf(execution.options).release(execution);
   }
 
   /** The live record of an identity (null when absent or expired), e.g. for support tooling. */
@@ -303,139 +225,21 @@ export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
     return this.store.purgeExpired(options);
   }
 
-  private async completeOnce(execution: Execution, payload: ResponsePayload, status: number): Promise<void> {
-    const { identity, ownerToken, options } = execution;
-    let completed: boolean;
-    try {
-      completed = await this.store.complete(identity, ownerToken, payload, options.ttlMs);
-    } catch (error) {
-      if (!(error instanceof UnstorableResponseError)) throw error;
-      // Too large for the store after all: the effect happened, so retries get 410, never a second run.
-      this.logger.warn(`${where(execution)}: ${error.message}; the key answers 410 from now on.`);
-      const fallback = this.cipher.seal(identity, unreplayable(status, 'the response is too large for the store'));
-      completed = await this.store.complete(identity, ownerToken, fallback, options.ttlMs);
-    }
-    execution.finish();
-    if (!completed) {
-      this.logger.warn(
-        `${where(execution)}: the lease was lost before completion; another request took the key over, so this response was not stored.`,
-      );
-    }
-  }
-
   /**
-   * Retries storing a lease-mode response until it is stored or fenced out. Storing late is
-   * always safe: the owner token fences it out once another request has taken the key over
-   * (possible only after the lease lapsed), and an expired record refuses it. Only the
-   * application's shutdown ends it earlier, once the lease is no longer held.
+   * Replays (and 422s) first, with one plain indexed read: a completed record needs no
+   * claim statement and no transaction, and holds no pooled connection beyond the query,
+   * which matters most in a retry storm. A first execution pays it as one extra read.
    */
-  private async keepCompleting(execution: Execution, payload: ResponsePayload, status: number): Promise<void> {
-    for (let attempt = 1; ; attempt++) {
-      await sleep(Math.min(MAX_COMPLETION_BACKOFF_MS, 100 * 2 ** Math.min(attempt - 1, 6)));
-      if (this.shuttingDown && !execution.leaseHeld) break;
-      try {
-        await this.completeOnce(execution, payload, status);
-        this.logger.log(`${where(execution)}: the response was stored after ${attempt + 1} attempts.`);
-        return;
-      } catch {
-        // The store is still unreachable: try again.
-      }
-    }
-    execution.finish();
-    this.logger.error(
-      `${where(execution)}: the application stopped before the response could be stored; the key stays in ` +
-        'progress until its lease lapses, and a retry after that runs the handler again.',
-    );
+  private async answerFromCompleted(attempt: Attempt): Promise<Outcome | undefined> {
+    const { flow } = this;
+    const existing = await flow.storeCall(() => this.store.find(attempt.identity, attempt.acquireBy));
+    if (existing?.status !== 'completed') return undefined;
+    return flow.answerOrWait({ record: existing, expired: false, leaseLapsed: false }, attempt, 0);
   }
 
-  private async commit(
-    execution: Execution,
-    transaction: StoreTransaction,
-    payload: ResponsePayload,
-  ): Promise<StoredResponse | undefined> {
-    const { identity, ownerToken, options } = execution;
-    try {
-      if (!(await transaction.complete(identity, ownerToken, payload, options.ttlMs))) {
-        throw new Error('the claimed record was not found in its own transaction');
-      }
-      await transaction.commit();
-      return undefined;
-    } catch (error) {
-      await transaction.rollback();
-      // Committed after all? Then the stored response is this request's (or an equal one's) answer.
-      const stored = await this.store.find(identity, Date.now() + options.waitTimeoutMs).catch(() => null);
-      if (stored?.status === 'completed' && stored.fingerprint === execution.fingerprint) return this.open(stored);
-      throw this.unavailable(error);
-    } finally {
-      execution.finish();
-    }
-  }
-
-  /** The execution of a won claim; its fingerprint is the record's, which a take-over keeps. */
-  private executionOf(
-    { identity, options, leave }: Attempt,
-    request: ClaimRequest,
-    record: IdempotencyRecord,
-    claimedAt: number,
-    transaction?: StoreTransaction,
-  ): Execution {
-    return new Execution(identity, request.ownerToken, record.fingerprint, options, leave, claimedAt, transaction);
-  }
-
-  private claimRequest({
-    identity,
-    fingerprints: [fingerprint, ...previous],
-    options,
-    acquireBy,
-  }: Attempt): ClaimRequest {
-    return {
-      identity,
-      fingerprint,
-      acceptedFingerprints: previous,
-      ownerToken: randomUUID(),
-      leaseMs: options.leaseMs,
-      ttlMs: options.ttlMs,
-      deadline: acquireBy,
-    };
-  }
-
-  /** The stored response of a completed record; 503 when it cannot be decrypted (a key missing from the options). */
-  private open(record: IdempotencyRecord): StoredResponse {
-    try {
-      return this.cipher.open(record, record.response!);
-    } catch (error) {
-      throw this.unavailable(error);
-    }
-  }
-
-  private async renew(execution: Execution): Promise<boolean> {
-    const { identity, ownerToken, options } = execution;
-    try {
-      const renewed = await this.store.renew(identity, ownerToken, options.leaseMs);
-      if (!renewed && !execution.finished) {
-        execution.finish();
-        this.logger.warn(`${where(execution)}: the lease was lost while the handler ran.`);
-      }
-      return renewed;
-    } catch (error) {
-      // The next beat tries again; the lease is a third of the way from lapsing.
-      if (!execution.finished) this.logger.warn(`${where(execution)}: lease renewal failed: ${describeError(error)}`);
-      return false;
-    }
-  }
-
-  private async storeCall<T>(call: () => Promise<T>): Promise<T> {
-    try {
-      return await call();
-    } catch (error) {
-      throw this.unavailable(error);
-    }
-  }
-
-  private unavailable(error: unknown): IdempotencyStoreUnavailableError {
-    if (error instanceof IdempotencyStoreUnavailableError) return error;
-    this.logger.error(`idempotency store unavailable: ${describeError(error)}`);
-    return new IdempotencyStoreUnavailableError(this.moduleOptions.retryAfterSeconds ?? 1);
+  /** The mode is chosen here, once per call, from the resolved options. */
+  private modeOf(options: ResolvedRouteOptions): ExecutionMode {
+    return options.transactional ? this.transactional : this.lease;
   }
 
   /** Timer-driven purges never overlap: a slow one makes the next tick skip. */
@@ -462,14 +266,4 @@ export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
 export function storedScope(scope: string): string {
   if (Buffer.byteLength(scope, 'utf8') <= MAX_STORED_SCOPE_BYTES && !scope.startsWith(HASHED_SCOPE)) return scope;
   return HASHED_SCOPE + createHash('sha256').update(scope, 'utf8').digest('hex');
-}
-
-/** 20 ms doubling to 250 ms, with jitter so that waiters do not poll in lock-step. */
-function backoff(attempt: number): number {
-  const base = Math.min(250, 20 * 2 ** attempt);
-  return base / 2 + Math.random() * (base / 2);
-}
-
-function where({ identity }: Execution): string {
-  return `${identity.method} ${identity.route}`;
 }

@@ -20,6 +20,11 @@ export async function runInTransaction<T>(transaction: StoreTransaction, run: ()
   }
 }
 
+/** @internal The EntityManager of the running transactional execution, if any. */
+export function currentManager(): EntityManager | undefined {
+  return current.getStore()?.transaction?.manager as EntityManager | undefined;
+}
+
 function managerOrThrow(): EntityManager {
   const transaction = current.getStore()?.transaction;
   if (!transaction) {

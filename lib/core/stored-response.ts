@@ -25,25 +25,48 @@ export async function captureResult(result: unknown, meta: ResponseMeta, maxByte
   if (isStreamingBody(result)) {
     return { result, stored: notReplayable(meta, 'the handler returned a stream, which is sent only once') };
   }
-  let stored: StoredResponse;
-  if (result === undefined) {
-    stored = { ...meta, kind: 'empty' };
-  } else if (typeof result === 'string') {
-    stored = { ...meta, kind: 'text', ...encodeText(result) };
-  } else if (result instanceof Uint8Array) {
+  return { result, stored: withinLimit(valueOf(result, meta), maxBytes) };
+}
+
+/**
+ * A result that is a value, not an HTTP response (of `run()`, a message handler, a
+ * provider method), as stored: the same kinds as a response, minus files and streams,
+ * which such a result cannot be. Throws for what JSON cannot hold (a cycle, a BigInt).
+ */
+export function storedResult(result: unknown, maxBytes: number): StoredResponse {
+  if (result instanceof StreamableFile || isStreamingBody(result)) {
+    throw new TypeError('a stream is read only once, so it cannot be stored and returned again');
+  }
+  return withinLimit(valueOf(result, { status: 200, headers: {} }), maxBytes);
+}
+
+/** The value a stored result gives back to a repeat: JSON as parsed, text, bytes. */
+export function resultOf(stored: StoredResponse): unknown {
+  switch (stored.kind) {
+    case 'json':
+      return JSON.parse(stored.body!);
+    case 'error':
+      throw new HttpException(JSON.parse(stored.body!) as string | Record<string, unknown>, stored.status);
+    default:
+      return replayValue(stored);
+  }
+}
+
+function valueOf(result: unknown, meta: ResponseMeta): StoredResponse {
+  if (result === undefined) return { ...meta, kind: 'empty' };
+  if (typeof result === 'string') return { ...meta, kind: 'text', ...encodeText(result) };
+  if (result instanceof Uint8Array) {
     // A plain Uint8Array is not a Buffer to the platform (Express sends it as JSON): replay the same type.
     const uint8array = !Buffer.isBuffer(result);
     const body = Buffer.from(result.buffer, result.byteOffset, result.byteLength).toString('base64');
-    stored = { ...meta, kind: 'binary', body, encoding: 'base64', ...(uint8array && { uint8array }) };
-  } else {
-    // JSON text, not a JSONB object: JSONB would reorder keys and the replay would differ.
-    const body: string | undefined = JSON.stringify(result);
-    // An object whose toJSON() gives a primitive (a Date, a Decimal) is sent as JSON, but
-    // the bare primitive would be sent as text: it is replayed inside an object again.
-    const boxed = typeof result === 'object' && result !== null && body !== undefined && !/^[[{]/.test(body);
-    stored = body === undefined ? { ...meta, kind: 'empty' } : { ...meta, kind: 'json', body, ...(boxed && { boxed }) };
+    return { ...meta, kind: 'binary', body, encoding: 'base64', ...(uint8array && { uint8array }) };
   }
-  return { result, stored: withinLimit(stored, result, maxBytes) };
+  // JSON text, not a JSONB object: JSONB would reorder keys and the replay would differ.
+  const body: string | undefined = JSON.stringify(result);
+  // An object whose toJSON() gives a primitive (a Date, a Decimal) is sent as JSON, but
+  // the bare primitive would be sent as text: it is replayed inside an object again.
+  const boxed = typeof result === 'object' && result !== null && body !== undefined && !/^[[{]/.test(body);
+  return body === undefined ? { ...meta, kind: 'empty' } : { ...meta, kind: 'json', body, ...(boxed && { boxed }) };
 }
 
 /** A thrown HttpException, stored as its status and `getResponse()`, which filters render. */
@@ -112,7 +135,7 @@ function toBuffer(chunk: unknown): Buffer {
   return Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk as Uint8Array);
 }
 
-function withinLimit(stored: StoredResponse, result: unknown, maxBytes: number): StoredResponse {
+function withinLimit(stored: StoredResponse, maxBytes: number): StoredResponse {
   const size =
     stored.body === undefined ? 0 : Buffer.byteLength(stored.body, stored.encoding === 'base64' ? 'base64' : 'utf8');
   return size > maxBytes ? notReplayable(stored, `the response body is larger than ${maxBytes} bytes`) : stored;

@@ -10,12 +10,12 @@ import { from, lastValueFrom, mergeAll, type Observable, of } from 'rxjs';
 import { describeError, IdempotencyError } from '../errors.js';
 import type { Execution } from '../core/execution.js';
 import { fingerprintParts, type IncomingRequest, readKey, resolveScope } from './http-request.js';
-import { type IdempotentRoute, IdempotentRoutes, servedRoute } from '../idempotent-routes.js';
+import { IdempotentRoutes } from '../idempotent-routes.js';
+import { type HttpRoute, servedRoute } from './http-route.js';
 import { declaredHeaders, type Handler, SAFE_METHODS } from '../route-metadata.js';
-import { runInTransaction } from '../core/idempotent-transaction.js';
 import { IdempotencyService } from '../core/idempotency.service.js';
 import type { StoredResponse } from '../core/record.js';
-import { captureError, captureResult, replayValue, unreplayable } from '../core/stored-response.js';
+import { captureError, captureResult, replayValue } from '../core/stored-response.js';
 
 /** The de-facto replay marker (Stripe and others); the draft defines none. */
 export const REPLAYED_HEADER = 'Idempotent-Replayed';
@@ -38,14 +38,9 @@ export class IdempotencyInterceptor implements NestInterceptor {
   ) {}
 
   intercept(context: ExecutionContext, next: CallHandler): Observable<unknown> {
+    if (context.getType() !== 'http') return next.handle();
     const route = this.routes.of(context.getClass(), context.getHandler() as Handler);
-    if (!route) return next.handle();
-    if (context.getType() !== 'http') {
-      // Refused at start-up already; should one get here anyway, it must not run unguarded.
-      throw new Error(
-        `@Idempotent() on ${context.getClass().name}.${context.getHandler().name}: only HTTP routes are supported.`,
-      );
-    }
+    if (route?.context !== 'http') return next.handle();
     const http = context.switchToHttp();
     const request = http.getRequest<IncomingRequest>();
     // Requests that must not change state pass a class-wide @Idempotent() untouched.
@@ -59,20 +54,30 @@ export class IdempotencyInterceptor implements NestInterceptor {
    * disconnect, an outer timeout interceptor), so a claimed key is never left behind.
    */
   private async handle(
-    route: IdempotentRoute,
+    route: HttpRoute,
     request: IncomingRequest,
     response: unknown,
     context: ExecutionContext,
     next: CallHandler,
   ): Promise<Observable<unknown>> {
     try {
-      const { options } = route;
+      let { options } = route;
+      const { deriveWindowMs } = route;
       // The key first: a request without one is a 400 whatever the scope resolver would do.
-      const key = readKey(request, route.keyHeader, options);
-      if (key === undefined) return next.handle();
+      let key = readKey(
+        request,
+        route.keyHeader,
+        deriveWindowMs === undefined ? options : { ...options, required: false },
+      );
+      if (key === undefined && deriveWindowMs === undefined) return next.handle();
       const path = servedRoute(route, request);
       const scope = await resolveScope(options, request, context, `${request.method} ${path}`);
       const parts = fingerprintParts(request, options);
+      if (key === undefined) {
+        // Derived: the same request of the same caller is the same operation for the window.
+        key = this.service.derivedKey(parts);
+        options = { ...options, ttlMs: deriveWindowMs! };
+      }
       const outcome = await this.service.begin(options, { scope, method: request.method, route: path, key }, parts);
       switch (outcome.kind) {
         case 'replay':
@@ -93,11 +98,10 @@ export class IdempotencyInterceptor implements NestInterceptor {
   }
 
   private async execute(execution: Execution, next: CallHandler, request: object, response: unknown): Promise<unknown> {
-    const { transaction, options } = execution;
+    const { options } = execution;
     let result: unknown;
     try {
-      const handled = () => lastValueFrom(next.handle());
-      result = await (transaction ? runInTransaction(transaction, handled) : handled());
+      result = await this.service.runHandler(execution, () => lastValueFrom(next.handle()));
     } catch (error) {
       throw await this.service.fail(execution, error, () => {
         const handlerRan = !(request as Record<symbol, unknown>)[REJECTED_BY_PIPES];
@@ -116,15 +120,12 @@ export class IdempotencyInterceptor implements NestInterceptor {
       );
     } catch (error) {
       // Not serialisable (a cycle, a BigInt): the platform cannot send it either, so the
-      // client gets a 500. In lease mode the effect has happened: the key is completed as
-      // not replayable (a retry gets 410), never released to run again. In transactional
-      // mode the effect is rolled back with the claim.
-      if (transaction) await this.service.release(execution);
-      else
-        await this.service.complete(
-          execution,
-          unreplayable(this.statusOf(response), `the result could not be serialised (${describeError(error)})`),
-        );
+      // client gets a 500, and a retry gets 410 where the effect stays (lease mode).
+      await this.service.abandon(
+        execution,
+        this.statusOf(response),
+        `the result could not be serialised (${describeError(error)})`,
+      );
       throw error;
     }
     const instead = await this.service.complete(execution, captured.stored);

@@ -1,4 +1,10 @@
-import type { IdempotencyRecord, ObservedRecord, RecordIdentity, SealedResponse, StoredResponse } from '../core/record.js';
+import type {
+  IdempotencyRecord,
+  ObservedRecord,
+  RecordIdentity,
+  SealedResponse,
+  StoredResponse,
+} from '../core/record.js';
 
 /** What `complete()` stores: the response, encrypted when the module has encryption keys. */
 export type ResponsePayload = StoredResponse | SealedResponse;

@@ -16,8 +16,8 @@ import {
   calls,
   DecoratedService,
   DocsController,
-  MessageHandlerDecorated,
-  MessageHandlerUnderClass,
+  WebsocketHandlerDecorated,
+  WebsocketHandlerUnderClass,
   PublicModule,
   RefundController,
   SafeMethodDecorated,
@@ -283,16 +283,16 @@ describe.each(PLATFORMS)('route shapes (%s)', (platform) => {
 
     it('refuses @Idempotent() on a method of a provider', async () => {
       expect(await bootError(platform, [], [DecoratedService])).toMatch(
-        /DecoratedService\.charge: it is not an HTTP route handler/,
+        /DecoratedService\.charge: it is neither an HTTP route nor a message handler.*use @IdempotentMethod\(\{ key \}\)/,
       );
     });
 
-    it('refuses @Idempotent() on a message handler, on the method or on its controller', async () => {
-      expect(await bootError(platform, [MessageHandlerDecorated])).toMatch(
-        /MessageHandlerDecorated\.charge: it is not an HTTP route handler/,
+    it('refuses @Idempotent() on a websocket handler, on the method or on its controller', async () => {
+      expect(await bootError(platform, [WebsocketHandlerDecorated])).toMatch(
+        /WebsocketHandlerDecorated\.charge: it is neither an HTTP route nor a message handler/,
       );
-      expect(await bootError(platform, [MessageHandlerUnderClass])).toMatch(
-        /MessageHandlerUnderClass\.refund: it is not an HTTP route handler/,
+      expect(await bootError(platform, [WebsocketHandlerUnderClass])).toMatch(
+        /WebsocketHandlerUnderClass\.refund: it is neither an HTTP route nor a message handler/,
       );
     });
   });

@@ -1,3 +1,6 @@
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { startEmbeddedDatabase } from '../../sample-app/embedded-database.js';
 
 /**
@@ -6,6 +9,8 @@ import { startEmbeddedDatabase } from '../../sample-app/embedded-database.js';
  * a database of its own on that server (see database.ts).
  */
 export default async function globalSetup(): Promise<void> {
+  // Broker suites that cannot run write a line here; the teardown prints them.
+  process.env.SKIPPED_SUITES_FILE = join(mkdtempSync(join(tmpdir(), 'idempotency-test-')), 'skipped-suites.txt');
   if (process.env.DATABASE_URL) return;
   const port = Number(process.env.EMBEDDED_POSTGRES_TEST_PORT ?? 54330);
   const embedded = await startEmbeddedDatabase('.data/test-postgres', port);

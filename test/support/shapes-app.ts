@@ -143,13 +143,12 @@ export class DecoratedService {
   }
 }
 
-// @nestjs/microservices is not installed: `SetMetadata('microservices:pattern', ...)` writes the
-// metadata key and value its @MessagePattern() writes, which is what the library looks for.
-const MessagePattern = (pattern: object) => SetMetadata('microservices:pattern', [pattern]);
+// `SetMetadata('message', ...)` writes what @nestjs/websockets' @SubscribeMessage() writes.
+const SubscribeMessage = (event: string) => SetMetadata('message', event);
 
 @Controller()
-export class MessageHandlerDecorated {
-  @MessagePattern({ cmd: 'charge' })
+export class WebsocketHandlerDecorated {
+  @SubscribeMessage('charge')
   @Idempotent()
   charge() {
     return 'charged';
@@ -158,13 +157,13 @@ export class MessageHandlerDecorated {
 
 @Controller()
 @Idempotent()
-export class MessageHandlerUnderClass {
+export class WebsocketHandlerUnderClass {
   @Post('http-route')
   route() {
     return {};
   }
 
-  @MessagePattern({ cmd: 'refund' })
+  @SubscribeMessage('refund')
   refund() {
     return 'refunded';
   }

@@ -1,0 +1,111 @@
+import { Logger } from '@nestjs/common';
+
+/**
+ * What `@nestjs/schedule` records on a scheduled method, read without importing it (an
+ * optional peer). The key strings are its public constants' values.
+ */
+const SCHEDULER_TYPE = 'SCHEDULER_TYPE';
+const SCHEDULER_NAME = 'SCHEDULER_NAME';
+const CRON_OPTIONS = 'SCHEDULE_CRON_OPTIONS';
+const INTERVAL_OPTIONS = 'SCHEDULE_INTERVAL_OPTIONS';
+const CRON = 1;
+const TIMEOUT = 2;
+const INTERVAL = 3;
+
+/** One tick of a scheduled task: the same on every instance that fires it. */
+export interface ScheduledTick {
+  /** The task's name (`@Cron(..., { name })`), or undefined when it has none. */
+  name?: string;
+  /** The tick's scheduled time, epoch ms. */
+  at: number;
+}
+
+interface CronTimeLike {
+  getNextDateFrom(start: Date): { toMillis(): number };
+}
+type CronTimeClass = new (source: string | Date, timeZone?: string | null, utcOffset?: number | null) => CronTimeLike;
+
+/** A variable, so that TypeScript neither resolves nor bundles it: it is an optional peer. */
+const CRON_PACKAGE: string = 'cron';
+
+let cronTimeClass: Promise<CronTimeClass | undefined> | undefined;
+const logger = new Logger('Idempotency');
+
+/**
+ * The kind of schedule a method has, if any: `'timeout'` ones run once per process start,
+ * so they have no tick that instances share.
+ */
+export function scheduleOf(method: object): 'cron' | 'interval' | 'timeout' | undefined {
+  const type: unknown = Reflect.getMetadata(SCHEDULER_TYPE, method);
+  return type === CRON ? 'cron' : type === INTERVAL ? 'interval' : type === TIMEOUT ? 'timeout' : undefined;
+}
+
+/**
+ * The tick a scheduled method is running for, at `now`. Every instance fires a cron tick
+ * at the same scheduled time, a little late by its own timer: the tick is the latest
+ * scheduled time not after now. Interval timers start when each instance starts, so
+ * instances are not in step: an interval's tick is the window of its length that now
+ * falls in, and each window runs once across instances.
+ */
+export async function scheduledTickOf(method: object, now: number): Promise<ScheduledTick | undefined> {
+  const name = Reflect.getMetadata(SCHEDULER_NAME, method) as string | undefined;
+  switch (scheduleOf(method)) {
+    case 'cron': {
+      const { cronTime, timeZone, utcOffset } = Reflect.getMetadata(CRON_OPTIONS, method) as {
+        cronTime: string | Date;
+        timeZone?: string;
+        utcOffset?: number;
+      };
+      if (cronTime instanceof Date) return { name, at: cronTime.getTime() };
+      return { name, at: await latestCronTime(cronTime, timeZone, utcOffset, now) };
+    }
+    case 'interval': {
+      const { timeout } = Reflect.getMetadata(INTERVAL_OPTIONS, method) as { timeout: number };
+      return { name, at: Math.floor(now / timeout) * timeout };
+    }
+    default:
+      return undefined;
+  }
+}
+
+/** The latest time the cron expression schedules that is not after `now`. */
+async function latestCronTime(
+  expression: string,
+  timeZone: string | undefined,
+  utcOffset: number | undefined,
+  now: number,
+): Promise<number> {
+  const CronTime = await loadCronTime();
+  if (!CronTime) return Math.floor(now / 1000) * 1000;
+  const time = timeZone ? new CronTime(expression, timeZone) : new CronTime(expression, null, utcOffset ?? null);
+  // Look back far enough to find one scheduled time, then walk forward to the last one.
+  let at = NaN;
+  for (let lookBack = 1000; !(at <= now); lookBack *= 2) {
+    at = time.getNextDateFrom(new Date(now - lookBack)).toMillis();
+    if (lookBack > 400 * 24 * 60 * 60 * 1000) return Math.floor(now / 1000) * 1000;
+  }
+  for (let next = time.getNextDateFrom(new Date(at)).toMillis(); next <= now;) {
+    at = next;
+    next = time.getNextDateFrom(new Date(at)).toMillis();
+  }
+  return at;
+}
+
+/**
+ * The `cron` package that `@nestjs/schedule` runs on. Without it (a package manager that
+ * hides it from this library), cron ticks fall back to the whole second they fired in,
+ * which every instance agrees on unless its timer fires a second late.
+ */
+function loadCronTime(): Promise<CronTimeClass | undefined> {
+  cronTimeClass ??= import(CRON_PACKAGE).then(
+    (module: { CronTime?: CronTimeClass }) => module.CronTime,
+    (error: unknown) => {
+      logger.warn(
+        `the "cron" package could not be loaded (${String(error)}); cron ticks are keyed by the second they fire in. ` +
+          'Add "cron" to your dependencies to key them by their scheduled time.',
+      );
+      return undefined;
+    },
+  );
+  return cronTimeClass;
+}
