@@ -3,12 +3,8 @@ import { DiscoveryService, MetadataScanner, Reflector } from '@nestjs/core';
 import { type HttpRoute, httpRouteOf } from './http/http-route.js';
 import { IDEMPOTENT_METADATA } from './idempotent.decorator.js';
 import { MODULE_OPTIONS_TOKEN } from './idempotency.module-definition.js';
-import {
-  type IdempotencyModuleOptions,
-  type IdempotentRouteOptions,
-  resolveRouteOptions,
-  validateOptions,
-} from './idempotency.options.js';
+import { type IdempotencyModuleOptions, type IdempotentRouteOptions } from './idempotency.options.js';
+import { resolveRouteOptions, validateOptions } from './options-resolution.js';
 import { type MessageRoute, messageRouteOf } from './microservices/message-route.js';
 import { type Handler, isHttpHandler, isMessageHandler, isWebsocketHandler, nameOf } from './route-metadata.js';
 import { IdempotencyStore } from './storage/idempotency.store.js';

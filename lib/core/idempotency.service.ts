@@ -3,11 +3,8 @@ import { createHash } from 'node:crypto';
 import type { EntityManager } from 'typeorm';
 import { describeError } from '../errors.js';
 import { MODULE_OPTIONS_TOKEN } from '../idempotency.module-definition.js';
-import {
-  type IdempotencyModuleOptions,
-  type ResolvedRouteOptions,
-  validateModuleOptions,
-} from '../idempotency.options.js';
+import { type IdempotencyModuleOptions, type ResolvedRouteOptions } from '../idempotency.options.js';
+import { validateModuleOptions } from '../options-resolution.js';
 import { IdempotencyStore, type PurgeOptions } from '../storage/idempotency.store.js';
 import type { Execution, Outcome } from './execution.js';
 import { Fingerprinter, type FingerprintParts } from './fingerprint.js';

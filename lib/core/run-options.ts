@@ -3,9 +3,8 @@ import {
   type IdempotencyModuleOptions,
   type IdempotentRouteOptions,
   type ResolvedRouteOptions,
-  resolveRouteOptions,
-  validateOptions,
 } from '../idempotency.options.js';
+import { resolveRouteOptions, validateOptions } from '../options-resolution.js';
 import type { RecordIdentity } from './record.js';
 
 /** What `IdempotencyService.run()` is told about one operation. */

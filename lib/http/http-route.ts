@@ -1,5 +1,6 @@
 import type { Type } from '@nestjs/common';
-import { type IdempotentRouteOptions, MAX_TIMER_MS, type ResolvedRouteOptions } from '../idempotency.options.js';
+import { type IdempotentRouteOptions, type ResolvedRouteOptions } from '../idempotency.options.js';
+import { MAX_TIMER_MS } from '../options-resolution.js';
 import {
   type Handler,
   hostOf,

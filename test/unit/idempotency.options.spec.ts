@@ -1,12 +1,7 @@
 import { describe, expect, it } from '@jest/globals';
 import { BadRequestException, HttpException, type ExecutionContext } from '@nestjs/common';
-import {
-  DEFAULT_REPLAY_HEADERS,
-  resolveRouteOptions,
-  validateModuleOptions,
-  validateOptions,
-  type ResolvedRouteOptions,
-} from '../../lib/idempotency.options.js';
+import { DEFAULT_REPLAY_HEADERS, type ResolvedRouteOptions } from '../../lib/idempotency.options.js';
+import { resolveRouteOptions, validateModuleOptions, validateOptions } from '../../lib/options-resolution.js';
 
 const context = {} as ExecutionContext;
 
