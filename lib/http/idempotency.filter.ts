@@ -1,5 +1,6 @@
 import { type ArgumentsHost, Catch, type ExceptionFilter } from '@nestjs/common';
 import { HttpAdapterHost } from '@nestjs/core';
+import { type Observable, throwError } from 'rxjs';
 import { IdempotencyError } from '../errors.js';
 
 /**
@@ -11,7 +12,13 @@ import { IdempotencyError } from '../errors.js';
 export class IdempotencyExceptionFilter implements ExceptionFilter<IdempotencyError> {
   constructor(private readonly adapterHost: HttpAdapterHost) {}
 
-  catch(error: IdempotencyError, host: ArgumentsHost): void {
+  catch(error: IdempotencyError, host: ArgumentsHost): Observable<never> | void {
+    if (host.getType() !== 'http') {
+      // A global filter also catches message handlers' errors, where there is no HTTP
+      // response (nor, in a microservice alone, an HTTP adapter): Nest's RPC layer expects
+      // an observable error, which it sends to the client as is: the problem document.
+      return throwError(() => error.getProblem());
+    }
     const { httpAdapter } = this.adapterHost;
     const response = host.switchToHttp().getResponse<unknown>();
     httpAdapter.setHeader(response, 'Content-Type', 'application/problem+json');
