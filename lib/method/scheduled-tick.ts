@@ -21,7 +21,7 @@ export interface ScheduledTick {
 }
 
 interface CronTimeLike {
-  getNextDateFrom(start: Date): { toMillis(): number };
+  getNextDateFrom(start: Date, timeZone?: string): { toMillis(): number };
 }
 type CronTimeClass = new (source: string | Date, timeZone?: string | null, utcOffset?: number | null) => CronTimeLike;
 
@@ -78,17 +78,29 @@ async function latestCronTime(
   const CronTime = await loadCronTime();
   if (!CronTime) return Math.floor(now / 1000) * 1000;
   const time = timeZone ? new CronTime(expression, timeZone) : new CronTime(expression, null, utcOffset ?? null);
+  // getNextDateFrom() reads the expression in the zone it is given, else in the process's
+  // own: not the job's. The job fires by its time zone or offset, so the ticks must be
+  // read in it too, or two ticks of one day could map to one key (and the second skip).
+  const zone = timeZone ?? (utcOffset === undefined ? undefined : offsetZone(utcOffset));
+  const nextAfter = (start: number) => time.getNextDateFrom(new Date(start), zone).toMillis();
   // Look back far enough to find one scheduled time, then walk forward to the last one.
   let at = NaN;
   for (let lookBack = 1000; !(at <= now); lookBack *= 2) {
-    at = time.getNextDateFrom(new Date(now - lookBack)).toMillis();
+    at = nextAfter(now - lookBack);
     if (lookBack > 400 * 24 * 60 * 60 * 1000) return Math.floor(now / 1000) * 1000;
   }
-  for (let next = time.getNextDateFrom(new Date(at)).toMillis(); next <= now;) {
+  for (let next = nextAfter(at); next <= now;) {
     at = next;
-    next = time.getNextDateFrom(new Date(at)).toMillis();
+    next = nextAfter(at);
   }
   return at;
+}
+
+/** A fixed offset in minutes as the zone name `cron` itself builds for it (`UTC+05:30`). */
+function offsetZone(minutes: number): string {
+  const sign = minutes < 0 ? '-' : '+';
+  const hours = String(Math.trunc(Math.abs(minutes) / 60)).padStart(2, '0');
+  return `UTC${sign}${hours}:${String(Math.abs(minutes) % 60).padStart(2, '0')}`;
 }
 
 /**
