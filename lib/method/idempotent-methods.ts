@@ -96,6 +96,7 @@ export async function invokeIdempotent(
     throw new MissingMethodKeyError(where);
   }
   const concurrency = options.concurrency ?? (schedule ? 'skip' : undefined);
+  let ran = false;
   try {
     return await service.run(
       {
@@ -110,11 +111,16 @@ export async function invokeIdempotent(
         ttlMs: options.ttlMs,
         maxResultBytes: options.maxResultBytes,
       },
-      () => original.apply(instance, args),
+      () => {
+        ran = true;
+        return original.apply(instance, args);
+      },
     );
   } catch (error) {
     // Another call (on this or another instance) is running it: this one is the duplicate.
-    if (concurrency === 'skip' && error instanceof RequestInProgressError) return undefined;
+    // Not so when the method itself ran and threw it (an idempotent call of its own met a
+    // busy key): its key is released, and the caller must see the failure.
+    if (concurrency === 'skip' && !ran && error instanceof RequestInProgressError) return undefined;
     throw error;
   }
 }

@@ -24,6 +24,7 @@ class Billing {
   constructor(
     private readonly dataSource: DataSource,
     private readonly transaction: IdempotentTransaction,
+    private readonly idempotency: IdempotencyService,
   ) {}
 
   @IdempotentMethod({ key: (invoice: { id: string }) => invoice.id, concurrency: 'wait' })
@@ -38,6 +39,14 @@ class Billing {
     await this.transaction.manager.query(EFFECT_INSERT, ['refund', id]);
     if (fail) throw new Error('the refund failed after its write');
     return amount;
+  }
+
+  /** Posts to a ledger through an idempotent call of its own when given a ledger key. */
+  @IdempotentMethod({ key: (id: string) => id, concurrency: 'skip' })
+  async settle(id: string, ledgerKey?: string): Promise<string> {
+    if (ledgerKey) await this.idempotency.run({ key: ledgerKey, name: 'ledger' }, () => 'posted');
+    await sleep(100);
+    return 'settled';
   }
 
   @IdempotentMethod({ key: () => undefined })
@@ -207,6 +216,24 @@ describe('IdempotencyService.run() and @IdempotentMethod()', () => {
       expect(await billing.refund(id, 10)).toBe(10);
       expect(await effectCount(db.pool, 'refund', id)).toBe(1);
       await expect(billing.refund(id, 11)).rejects.toBeInstanceOf(IdempotencyKeyReuseError);
+    });
+
+    it("with concurrency 'skip', skips a call while another holds its key, but not a failure of its own", async () => {
+      const id = randomUUID();
+      const first = billing.settle(id);
+      await sleep(50);
+      expect(await billing.settle(id)).toBeUndefined();
+      expect(await first).toBe('settled');
+
+      // The method's own idempotent call meets a busy key: that is its failure, not a duplicate of it.
+      const ledgerKey = randomUUID();
+      const holder = service.run({ key: ledgerKey, name: 'ledger' }, () => sleep(300));
+      await sleep(50);
+      const other = randomUUID();
+      await expect(billing.settle(other, ledgerKey)).rejects.toBeInstanceOf(RequestInProgressError);
+      await holder;
+      // Its key was released, not skipped for good.
+      expect(await billing.settle(other)).toBe('settled');
     });
 
     it('refuses a call without a key, unless the method says required: false', async () => {
