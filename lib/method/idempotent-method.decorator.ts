@@ -81,9 +81,12 @@ export function IdempotentMethod(
     const owner = (typeof target === 'function' ? target : target.constructor) as { name: string };
     const method = String(propertyKey);
     const wrapped = function (this: object, ...args: unknown[]): Promise<unknown> {
+      // Named after the instance's class, not the one declaring the method: two workers that
+      // inherit it from one base class are two operations, and their keys (job ids counted
+      // per queue) would otherwise collide, one answering the other's job without running.
       return invokeIdempotent(this, wrapped, original as (...args: unknown[]) => unknown, args, {
         options,
-        where: `${owner.name}.${method}`,
+        where: `${classNameOf(this) ?? owner.name}.${method}`,
       });
     };
     for (const key of Reflect.getMetadataKeys(original)) {
@@ -94,4 +97,11 @@ export function IdempotentMethod(
     descriptor.value = wrapped as unknown as typeof descriptor.value;
     return descriptor;
   };
+}
+
+/** The name of the class a method was called on (the class itself for a static method). */
+function classNameOf(instance: unknown): string | undefined {
+  if (typeof instance === 'function') return (instance as { name?: string }).name || undefined;
+  if (typeof instance !== 'object' || instance === null) return undefined;
+  return (instance.constructor as { name?: string } | undefined)?.name || undefined;
 }

@@ -60,6 +60,23 @@ class Billing {
   }
 }
 
+/** Workers of two queues sharing one decorated method: job ids are counted per queue, so they repeat. */
+abstract class QueueWorker {
+  runs = 0;
+
+  @IdempotentMethod({ key: (job: { id: string }) => job.id })
+  async handle(job: { id: string }): Promise<string> {
+    this.runs++;
+    return Promise.resolve(`${this.constructor.name} did ${job.id}`);
+  }
+}
+
+@Injectable()
+class EmailWorker extends QueueWorker {}
+
+@Injectable()
+class InvoiceWorker extends QueueWorker {}
+
 describe('IdempotencyService.run() and @IdempotentMethod()', () => {
   let db: TestDatabase;
   let context: INestApplicationContext;
@@ -74,7 +91,7 @@ describe('IdempotencyService.run() and @IdempotentMethod()', () => {
         TypeOrmModule.forRoot({ type: 'postgres', url: db.url, extra: { max: 10 } }),
         IdempotencyModule.forRoot({ fingerprintSecret: 'a test secret of enough bytes' }),
       ],
-      providers: [Billing],
+      providers: [Billing, EmailWorker, InvoiceWorker],
     })
     class RunModule {}
     const moduleRef = await Test.createTestingModule({ imports: [RunModule] }).compile();
@@ -234,6 +251,20 @@ describe('IdempotencyService.run() and @IdempotentMethod()', () => {
       await holder;
       // Its key was released, not skipped for good.
       expect(await billing.settle(other)).toBe('settled');
+    });
+
+    it('keeps apart the calls of two classes that inherit one decorated method', async () => {
+      const [emails, invoices] = [context.get(EmailWorker), context.get(InvoiceWorker)];
+      const job = { id: randomUUID() };
+      expect(await emails.handle(job)).toBe(`EmailWorker did ${job.id}`);
+      expect(await invoices.handle(job)).toBe(`InvoiceWorker did ${job.id}`);
+      expect(await invoices.handle(job)).toBe(`InvoiceWorker did ${job.id}`);
+      expect([emails.runs, invoices.runs]).toEqual([1, 1]);
+      const { rows } = await db.pool.query(
+        'SELECT route FROM idempotency_keys WHERE idempotency_key = $1 ORDER BY route',
+        [job.id],
+      );
+      expect(rows).toEqual([{ route: 'EmailWorker.handle' }, { route: 'InvoiceWorker.handle' }]);
     });
 
     it('refuses a call without a key, unless the method says required: false', async () => {
