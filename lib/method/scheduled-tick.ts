@@ -52,11 +52,13 @@ export async function scheduledTickOf(method: object, now: number): Promise<Sche
   switch (scheduleOf(method)) {
     case 'cron': {
       const { cronTime, timeZone, utcOffset } = Reflect.getMetadata(CRON_OPTIONS, method) as {
-        cronTime: string | Date;
+        cronTime: string | Date | { toMillis(): number };
         timeZone?: string;
         utcOffset?: number;
       };
+      // A one-off date, as a Date or a Luxon DateTime (both allowed by @Cron): its own key.
       if (cronTime instanceof Date) return { name, at: cronTime.getTime() };
+      if (typeof cronTime !== 'string') return { name, at: cronTime.toMillis() };
       return { name, at: await latestCronTime(cronTime, timeZone, utcOffset, now) };
     }
     case 'interval': {

@@ -2,7 +2,7 @@ import { describe, expect, it } from '@jest/globals';
 import { scheduledTickOf } from '../../lib/method/scheduled-tick.js';
 
 /** A method as `@Cron(cronTime, options)` of `@nestjs/schedule` leaves it (its metadata, by value). */
-function cronMethod(cronTime: string, options: { timeZone?: string; utcOffset?: number } = {}): object {
+function cronMethod(cronTime: unknown, options: { timeZone?: string; utcOffset?: number } = {}): object {
   const method = () => undefined;
   Reflect.defineMetadata('SCHEDULER_TYPE', 1, method);
   Reflect.defineMetadata('SCHEDULE_CRON_OPTIONS', { ...options, cronTime }, method);
@@ -28,6 +28,13 @@ describe('scheduledTickOf', () => {
     const method = cronMethod('0 0 1,2 * * *', options);
     expect(await keyAt(method, '2026-03-09T19:30:00.020Z')).toBe('2026-03-09T19:30:00.000Z');
     expect(await keyAt(method, '2026-03-09T20:30:00.020Z')).toBe('2026-03-09T20:30:00.000Z');
+  });
+
+  it('keys a one-off date by itself, given as a Date or as a Luxon DateTime', async () => {
+    const when = '2026-05-01T06:00:00.000Z';
+    const dateTime = { toMillis: () => at(when) }; // what @Cron(DateTime.fromISO(...)) records
+    expect(await keyAt(cronMethod(new Date(when)), '2026-05-01T06:00:00.015Z')).toBe(when);
+    expect(await keyAt(cronMethod(dateTime), '2026-05-01T06:00:00.015Z')).toBe(when);
   });
 
   it('keys a daily tick in a time zone with daylight saving time by its own time, in both seasons', async () => {
