@@ -9,6 +9,8 @@ import type { Handler } from '../route-metadata.js';
 import { messageIdOf } from './message-key.js';
 import type { MessageRoute } from './message-route.js';
 
+const handled = new WeakSet<object>();
+
 /**
  * The message mapping (`@nestjs/microservices`): a message in, its handler run once per
  * key. A request (`@MessagePattern`) repeated gets the stored reply; an event
@@ -28,6 +30,11 @@ export class MessageIdempotencyInterceptor implements NestInterceptor {
     if (context.getType() !== 'rpc') return next.handle();
     const route = this.routes.of(context.getClass(), context.getHandler() as Handler);
     if (route?.context !== 'rpc') return next.handle();
+    // Registered globally and on the handler (see MessageHandlers): the second one to see
+    // this message lets it through. Every interceptor of one call gets the same arguments.
+    const args = context.getArgs();
+    if (handled.has(args)) return next.handle();
+    handled.add(args);
     return from(this.handle(route, context, next)).pipe(mergeAll());
   }
 

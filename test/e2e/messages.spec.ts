@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
-import { Controller, Module, type INestMicroservice } from '@nestjs/common';
+import { Controller, Module, type INestApplication, type INestMicroservice } from '@nestjs/common';
 import { ClientProxyFactory, MessagePattern, Payload, type ClientProxy, Transport } from '@nestjs/microservices';
 import { Test } from '@nestjs/testing';
 import { randomUUID } from 'node:crypto';
@@ -18,7 +18,7 @@ const runs = new Map<string, number>();
 @Controller()
 class ChargesController {
   @MessagePattern('charge')
-  @Idempotent({ key: (charge: Charge) => charge.id })
+  @Idempotent({ key: (charge: Charge) => charge.id, concurrency: 'reject' })
   async charge(@Payload() charge: Charge): Promise<{ charged: number; run: number }> {
     const run = (runs.get(charge.id) ?? 0) + 1;
     runs.set(charge.id, run);
@@ -81,6 +81,48 @@ describe('message handlers over a TCP microservice', () => {
     expect(await send({ id, amount: 6 })).toEqual({
       error: expect.objectContaining({ type: PROBLEM_TYPE_BASE + 'key-reused', status: 422 }),
     });
+    expect(runs.get(id)).toBe(1);
+  });
+});
+
+/**
+ * A hybrid application: HTTP plus a microservice connected without `inheritAppConfig`, which
+ * does not inherit global interceptors and filters. The handlers are guarded all the same.
+ */
+describe('message handlers of a hybrid application', () => {
+  let app: INestApplication;
+  let client: ClientProxy;
+
+  beforeAll(async () => {
+    const port = await freePort();
+    const moduleRef = await Test.createTestingModule({ imports: [ChargesModule] }).compile();
+    app = moduleRef.createNestApplication({ logger: ['error', 'warn'] });
+    app.connectMicroservice({ transport: Transport.TCP, options: { host: '127.0.0.1', port } });
+    await app.startAllMicroservices();
+    await app.listen(0, '127.0.0.1');
+    client = ClientProxyFactory.create({ transport: Transport.TCP, options: { host: '127.0.0.1', port } });
+    await client.connect();
+  });
+
+  afterAll(async () => {
+    await client?.close();
+    await app?.close();
+  });
+
+  it('runs a message once for sequential and parallel duplicates, and answers the 409 problem document', async () => {
+    const id = randomUUID();
+    const send = () =>
+      firstValueFrom(client.send<unknown, Charge>('charge', { id, amount: 7 })).then(
+        (reply) => ({ reply }),
+        (error: unknown) => ({ error }),
+      );
+    const parallel = await Promise.all([send(), send(), send()]);
+    expect(parallel.filter((answer) => 'reply' in answer)).toEqual([{ reply: { charged: 7, run: 1 } }]);
+    expect(parallel.filter((answer) => 'error' in answer)).toEqual([
+      { error: expect.objectContaining({ type: PROBLEM_TYPE_BASE + 'request-in-progress' }) },
+      { error: expect.objectContaining({ type: PROBLEM_TYPE_BASE + 'request-in-progress' }) },
+    ]);
+    expect(await send()).toEqual({ reply: { charged: 7, run: 1 } });
     expect(runs.get(id)).toBe(1);
   });
 });
