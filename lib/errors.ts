@@ -16,42 +16,6 @@ export function describeError(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
 }
 
-/**
- * A key, name or scope that cannot identify an operation outside HTTP (`run()`, a message,
- * a provider method): empty, not text, too long, or text the store cannot keep exactly.
- * Nothing runs and nothing is stored.
- */
-export class InvalidIdempotencyInputError extends TypeError {
-  override readonly name = 'InvalidIdempotencyInputError';
-}
-
-/**
- * A message without a key on a handler that requires one: it is refused, never run
- * unguarded. Set `key` to read one from the payload, or `required: false` to let such
- * messages through without idempotency.
- */
-export class MissingMessageKeyError extends Error {
-  override readonly name = 'MissingMessageKeyError';
-
-  constructor(where: string, fromExtractor: boolean) {
-    super(
-      `${where}: the message has no idempotency key ` +
-        (fromExtractor
-          ? '(the "key" extractor returned none), so it is refused.'
-          : '(no AMQP messageId, no Nats-Msg-Id header), so it is refused. Publish it with an id, or give the handler a "key" extractor.'),
-    );
-  }
-}
-
-/** A call of an `@IdempotentMethod()` whose `key` gave none: refused, never run unguarded (unless `required: false`). */
-export class MissingMethodKeyError extends Error {
-  override readonly name = 'MissingMethodKeyError';
-
-  constructor(where: string) {
-    super(`${where}: the "key" of @IdempotentMethod() returned no key for this call, so it is refused.`);
-  }
-}
-
 /** Stable prefix of every problem `type` this library answers with. */
 export const PROBLEM_TYPE_BASE = 'urn:nestjs-idempotency:problem:';
 
@@ -184,6 +148,48 @@ export class UnparsedBodyError extends IdempotencyError {
       HttpStatus.UNSUPPORTED_MEDIA_TYPE,
       `The ${contentType ? `${contentType} ` : ''}body of this request was not parsed by the server, so this ` +
         'idempotent operation cannot accept it.',
+    );
+  }
+}
+
+/**
+ * A key, name or scope that cannot identify an operation outside HTTP (`run()`, a message,
+ * a provider method): not a string, empty, too long, or text the store cannot keep
+ * exactly. Nothing runs and nothing is stored.
+ */
+export class InvalidIdempotencyInputError extends IdempotencyError {
+  constructor(detail: string) {
+    super('invalid-input', 'Idempotency key, name or scope invalid', HttpStatus.BAD_REQUEST, detail);
+  }
+}
+
+/**
+ * A message without a key on a handler that requires one: it is refused, never run
+ * unguarded. Set `key` to read one from the payload, or `required: false` to let such
+ * messages through without idempotency.
+ */
+export class MissingMessageKeyError extends IdempotencyError {
+  constructor(where: string, fromExtractor: boolean) {
+    super(
+      'missing-message-key',
+      'Message idempotency key missing',
+      HttpStatus.BAD_REQUEST,
+      `${where}: the message has no idempotency key ` +
+        (fromExtractor
+          ? '(the "key" extractor returned none), so it is refused.'
+          : '(no AMQP messageId, no Nats-Msg-Id header), so it is refused. Publish it with an id, or give the handler a "key" extractor.'),
+    );
+  }
+}
+
+/** A call of an `@IdempotentMethod()` whose `key` gave none: refused, never run unguarded (unless `required: false`). */
+export class MissingMethodKeyError extends IdempotencyError {
+  constructor(where: string) {
+    super(
+      'missing-method-key',
+      'Method idempotency key missing',
+      HttpStatus.BAD_REQUEST,
+      `${where}: the "key" of @IdempotentMethod() returned no key for this call, so it is refused.`,
     );
   }
 }

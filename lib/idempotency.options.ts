@@ -37,12 +37,12 @@ export interface IdempotentRouteOptions {
   transactional?: boolean;
   /**
    * What a duplicate receives while the first request is in flight.
-   * @default 'reject'
+   * @default 'reject'; message handlers: 'wait' (where no level sets it)
    */
   concurrency?: ConcurrencyMode;
   /**
    * With `concurrency: 'wait'`: how long a duplicate waits before it gets 409.
-   * @default 10000
+   * @default 10000; message handlers: `leaseMs` + 10000 (where no level sets it), so that a redelivery after a crash takes over
    */
   waitTimeoutMs?: number;
   /**
@@ -113,10 +113,12 @@ export interface IdempotentRouteOptions {
    */
   key?: (data: any, context: any) => string | undefined | Promise<string | undefined>;
   /**
-   * Message handlers only: called instead of the handler for a message that is answered
-   * without running it (a duplicate of a completed one). Acknowledge the message here if
-   * your handler acknowledges messages itself (RabbitMQ with `noAck: false`), or it stays
-   * unacknowledged.
+   * Message handlers only: called once a message is done, that is after its result is
+   * stored (its first run; in transactional mode, after the commit), and instead of the
+   * handler for a duplicate of a completed message. Acknowledge the message here, not in
+   * the handler, if your consumer acknowledges messages itself (RabbitMQ with
+   * `noAck: false`): acknowledged before the commit, a message would be lost if the
+   * process died in between. Not called when the handler (or the library) throws.
    */
   acknowledge?: (data: any, context: any) => unknown;
 }

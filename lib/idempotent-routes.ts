@@ -87,7 +87,7 @@ export class IdempotentRoutes implements OnModuleInit {
       );
     }
     const decorators = { onClass, onMethod };
-    if (isMessageHandler(handler)) return messageRouteOf(handler, decorators, options, where);
+    if (isMessageHandler(handler)) return messageRouteOf(handler, decorators, options, this.moduleOptions, where);
     return httpRouteOf(controller, handler, decorators, options, where);
   }
 

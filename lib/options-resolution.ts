@@ -142,3 +142,16 @@ export function validateModuleOptions(options: IdempotencyModuleOptions): void {
     }
   }
 }
+
+/**
+ * Transactional mode needs a key on every call: one that runs without a key would run
+ * without the transaction its code writes through.
+ */
+export function assertKeyedTransaction(keyOptional: boolean, where: string, what: string): void {
+  if (keyOptional) {
+    throw new Error(
+      `${where} is transactional with required: false: a ${what} without a key would run without the ` +
+        'transaction its code expects. Make the key required.',
+    );
+  }
+}

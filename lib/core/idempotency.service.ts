@@ -77,9 +77,10 @@ export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
 
   /**
    * Runs `operation` once per key: the first call runs it and stores its result; every
-   * repeat (sequential or parallel, in any process) gets the stored result instead, as
-   * JSON makes it (a Date comes back as its ISO string). An operation that throws stores
-   * nothing: the key is free again, and the next call runs it.
+   * repeat (sequential or parallel, in any process) gets the stored result instead. Every
+   * call, the first included, gets the result as JSON makes it (a Date as its ISO
+   * string), so that the first call and a retry see the same value. An operation that
+   * throws stores nothing: the key is free again, and the next call runs it.
    *
    * With `transactional: true`, `operation` gets the EntityManager of a transaction that
    * also holds the claim: write through it, and the writes commit together with the
@@ -101,7 +102,10 @@ export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
     const { identity, routeOptions, payload } = operationOf(this.moduleOptions, options);
     const outcome = await this.begin(routeOptions, identity, { body: payload });
     if (outcome.kind === 'replay') return resultOf(outcome.response) as Awaited<T>;
-    return (await this.execute(outcome.execution, async () => operation(currentManager()!))) as Awaited<T>;
+    // Read inside the handler's context, where transactional mode put its transaction. Lease
+    // mode hands none: an ambient one would be an enclosing request's transaction.
+    const managed = async () => operation((routeOptions.transactional ? currentManager() : undefined)!);
+    return (await this.execute(outcome.execution, managed)) as Awaited<T>;
   }
 
   /**
@@ -139,7 +143,10 @@ export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
 
   /**
    * @internal Runs a won claim's handler whose result is a value (not an HTTP response),
-   * and stores the result, or releases the key when the handler throws.
+   * and stores the result, or releases the key when the handler throws. Returns the result
+   * as stored, as every repeat will get it: a caller that works with a Date on the first
+   * call and a string on a retry would fail only on the path least often tested. A result
+   * too large to store is returned as it is (repeats get `ResponseNotReplayableError`).
    */
   async execute(execution: Execution, handler: () => Promise<unknown>): Promise<unknown> {
     let result: unknown;
@@ -155,8 +162,8 @@ export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
       await this.abandon(execution, 200, `the result could not be serialised (${describeError(error)})`);
       throw error;
     }
-    const instead = await this.complete(execution, stored);
-    return instead ? resultOf(instead) : result;
+    const answer = (await this.complete(execution, stored)) ?? stored;
+    return answer.kind === 'unreplayable' ? result : resultOf(answer);
   }
 
   /** @internal Runs the handler of a won claim, in its transaction in transactional mode. */

@@ -39,9 +39,6 @@ export interface IdempotentRunOptions extends Pick<
 /** Longest key or name, in UTF-8 bytes, so that a record's identity fits the primary key's index. */
 const MAX_IDENTITY_PART_BYTES = 512;
 
-/** Where a call comes from, in the record's `method` column: no HTTP method is lower-case, so none collides. */
-export type CallKind = 'call' | 'message' | 'event';
-
 /** @internal The identity and options of one `run()` call, checked. */
 export function operationOf(
   moduleOptions: IdempotencyModuleOptions,
@@ -57,6 +54,7 @@ export function operationOf(
   checkIdentityPart(scope, 'scope', where, true);
   const routeOptions = resolveRouteOptions(moduleOptions, { ...overrides, maxResponseBytes: maxResultBytes });
   validateOptions(routeOptions, where);
+  // No HTTP method is lower-case: a call's record never collides with a request's.
   return { identity: { scope, method: 'call', route: name, key }, routeOptions, payload };
 }
 

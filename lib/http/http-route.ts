@@ -1,6 +1,5 @@
 import type { Type } from '@nestjs/common';
 import { type IdempotentRouteOptions, type ResolvedRouteOptions } from '../idempotency.options.js';
-import { MAX_TIMER_MS } from '../options-resolution.js';
 import {
   type Handler,
   hostOf,
@@ -10,6 +9,7 @@ import {
   versionOf,
   writesResponseItself,
 } from '../route-metadata.js';
+import { assertKeyedTransaction, MAX_TIMER_MS } from '../options-resolution.js';
 import { routePattern } from './request-identity.js';
 
 /** Everything the HTTP interceptor needs about one idempotent handler of one controller, computed once. */
@@ -63,12 +63,11 @@ export function httpRouteOf(
   assertReplayable(controller, handler, where);
   const derive = onMethod?.derive ?? onClass?.derive;
   const windowMs = derive === undefined ? undefined : deriveWindowOf(derive, where);
-  if (options.transactional && !options.required && windowMs === undefined) {
-    throw new Error(
-      `@Idempotent() on ${where} is transactional with required: false: a request without a key ` +
-        'would run without the transaction its handler expects. Make the key required (or derive it).',
-    );
-  }
+  assertKeyedTransaction(
+    options.transactional && !options.required && windowMs === undefined,
+    `@Idempotent() on ${where}`,
+    'request (neither sent nor derived)',
+  );
   const host = hostOf(controller);
   const version = versionOf(controller, handler);
   return {

@@ -1,8 +1,6 @@
 import type { ConcurrencyMode, IdempotentRouteOptions } from '../idempotency.options.js';
 import { invokeIdempotent } from './idempotent-methods.js';
-
-/** Metadata key under which `@IdempotentMethod()` records its options on the wrapped method. */
-export const IDEMPOTENT_METHOD_METADATA = 'nestjs-idempotency:method-options';
+import { METHOD_METADATA } from './method-metadata.js';
 
 /** Options of `@IdempotentMethod()`; the functions get the method's arguments. */
 export interface IdempotentMethodOptions extends Pick<
@@ -23,7 +21,7 @@ export interface IdempotentMethodOptions extends Pick<
   required?: boolean;
   /**
    * The operation's name: the same key under another name is another operation.
-   * @default the scheduled task's name, else `ClassName.methodName`
+   * @default `ClassName.methodName` (of the class the method is called on)
    */
   name?: string;
   /**
@@ -92,7 +90,7 @@ export function IdempotentMethod(
     for (const key of Reflect.getMetadataKeys(original)) {
       Reflect.defineMetadata(key, Reflect.getMetadata(key, original), wrapped);
     }
-    Reflect.defineMetadata(IDEMPOTENT_METHOD_METADATA, options, wrapped);
+    Reflect.defineMetadata(METHOD_METADATA, options, wrapped);
     Object.defineProperty(wrapped, 'name', { value: (original as { name: string }).name });
     descriptor.value = wrapped as unknown as typeof descriptor.value;
     return descriptor;

@@ -1,21 +1,26 @@
-import { Injectable, type OnApplicationShutdown, type OnModuleInit } from '@nestjs/common';
+import { Inject, Injectable, type OnApplicationShutdown, type OnModuleInit } from '@nestjs/common';
 import { DiscoveryService, MetadataScanner } from '@nestjs/core';
 import { IdempotencyService } from '../core/idempotency.service.js';
+import { checkIdentityPart } from '../core/run-options.js';
 import { MissingMethodKeyError, RequestInProgressError } from '../errors.js';
+import { MODULE_OPTIONS_TOKEN } from '../idempotency.module-definition.js';
+import type { IdempotencyModuleOptions } from '../idempotency.options.js';
+import { assertKeyedTransaction, resolveRouteOptions, validateOptions } from '../options-resolution.js';
+import { IdempotencyStore } from '../storage/idempotency.store.js';
 import type { IdempotentMethodOptions } from './idempotent-method.decorator.js';
+import { METHOD_METADATA } from './method-metadata.js';
 import { scheduledTickOf, scheduleOf } from './scheduled-tick.js';
-
-/** Metadata key of `@IdempotentMethod()` (repeated here so that this file does not import the decorator's). */
-const METHOD_METADATA = 'nestjs-idempotency:method-options';
 
 /**
  * Which application's service runs a decorated method: the method is called as a plain
  * method (by a scheduler, a queue worker), outside dependency injection, so each instance
- * that has one is bound to its application's service when that application starts; the
- * last application started serves instances it did not create (request-scoped providers).
+ * that has one is bound to its application's service when that application starts. An
+ * instance no application created (request-scoped, or made with `new`) is served by the
+ * running application, if there is exactly one: with several, records could land in
+ * another application's database.
  */
 const serviceOf = new WeakMap<object, IdempotencyService>();
-let latestService: IdempotencyService | undefined;
+const running = new Set<IdempotencyService>();
 
 /** Binds the providers with `@IdempotentMethod()` methods to this application's service, and checks them at start-up. */
 @Injectable()
@@ -24,10 +29,12 @@ export class IdempotentMethods implements OnModuleInit, OnApplicationShutdown {
     private readonly discovery: DiscoveryService,
     private readonly scanner: MetadataScanner,
     private readonly service: IdempotencyService,
+    private readonly store: IdempotencyStore,
+    @Inject(MODULE_OPTIONS_TOKEN) private readonly moduleOptions: IdempotencyModuleOptions,
   ) {}
 
   onModuleInit(): void {
-    latestService = this.service;
+    running.add(this.service);
     for (const wrapper of [...this.discovery.getProviders(), ...this.discovery.getControllers()]) {
       const instance = wrapper.instance as object | undefined;
       const prototype = (wrapper.metatype as { prototype?: object } | undefined)?.prototype;
@@ -37,14 +44,36 @@ export class IdempotentMethods implements OnModuleInit, OnApplicationShutdown {
         if (typeof method !== 'function') continue;
         const options = Reflect.getMetadata(METHOD_METADATA, method) as IdempotentMethodOptions | undefined;
         if (!options) continue;
-        checkMethod(method, options, `${(wrapper.metatype as { name: string }).name}.${name}`);
+        const where = `${(wrapper.metatype as { name: string }).name}.${name}`;
+        checkMethod(method, options, where);
+        this.checkOptions(options, where);
         serviceOf.set(instance, this.service);
       }
     }
   }
 
   onApplicationShutdown(): void {
-    if (latestService === this.service) latestService = undefined;
+    running.delete(this.service);
+  }
+
+  /** The options a call will run with, checked now rather than on every call. */
+  private checkOptions(options: IdempotentMethodOptions, where: string): void {
+    const { transactional, waitTimeoutMs, leaseMs, ttlMs, maxResultBytes, name } = options;
+    const resolved = resolveRouteOptions(this.moduleOptions, {
+      transactional,
+      waitTimeoutMs,
+      leaseMs,
+      ttlMs,
+      maxResponseBytes: maxResultBytes,
+    });
+    validateOptions(resolved, `@IdempotentMethod() on ${where}`);
+    if (name !== undefined) checkIdentityPart(name, 'name', `@IdempotentMethod() on ${where}`, false);
+    if (resolved.transactional && !this.store.supportsTransactions) {
+      throw new Error(
+        `@IdempotentMethod() on ${where} is transactional, but ${this.store.constructor.name} has no transactions: ` +
+          'transactional methods need the PostgreSQL store.',
+      );
+    }
   }
 }
 
@@ -64,12 +93,11 @@ function checkMethod(method: object, options: IdempotentMethodOptions, where: st
   if (concurrency !== undefined && !['wait', 'reject', 'skip'].includes(concurrency)) {
     throw new Error(`@IdempotentMethod() on ${where}: "concurrency" must be 'wait', 'reject' or 'skip'.`);
   }
-  if (options.transactional && options.required === false) {
-    throw new Error(
-      `@IdempotentMethod() on ${where} is transactional with required: false: a call without a key would run ` +
-        'without the transaction the method expects. Make the key required.',
-    );
-  }
+  assertKeyedTransaction(
+    options.transactional === true && options.required === false,
+    `@IdempotentMethod() on ${where}`,
+    'call',
+  );
 }
 
 /** @internal The body of every `@IdempotentMethod()` wrapper. */
@@ -80,11 +108,15 @@ export async function invokeIdempotent(
   args: unknown[],
   { options, where }: { options: IdempotentMethodOptions; where: string },
 ): Promise<unknown> {
-  const service = (instance && serviceOf.get(instance)) ?? latestService;
+  const service = (instance && serviceOf.get(instance)) ?? (running.size === 1 ? [...running][0] : undefined);
   if (!service) {
     throw new Error(
-      `${where} is an @IdempotentMethod(), but no application with IdempotencyModule has started: ` +
-        'it cannot run before the application is initialised.',
+      running.size === 0
+        ? `${where} is an @IdempotentMethod(), but no application with IdempotencyModule has started: ` +
+            'it cannot run before the application is initialised.'
+        : `${where} is an @IdempotentMethod() of an instance no application created (request-scoped, or made ` +
+            `with new), and ${running.size} applications are running: which one's store would keep its record ` +
+            'cannot be told. Let the application create the instance.',
     );
   }
   await service.ready();
@@ -101,7 +133,9 @@ export async function invokeIdempotent(
     return await service.run(
       {
         key,
-        name: options.name ?? tick?.name ?? where,
+        // A scheduled task's own name is unique only within its application; Class.method
+        // keeps two applications that share a database from sharing a task's ticks.
+        name: options.name ?? where,
         scope: options.scope ? await options.scope(...args) : '',
         payload: options.payload?.(...args),
         transactional: options.transactional,

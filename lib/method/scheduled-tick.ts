@@ -91,7 +91,8 @@ async function latestCronTime(
     at = nextAfter(now - lookBack);
     if (lookBack > 400 * 24 * 60 * 60 * 1000) return Math.floor(now / 1000) * 1000;
   }
-  for (let next = nextAfter(at); next <= now;) {
+  // Only forward: should the cron package ever not advance (a time-zone transition), stop.
+  for (let next = nextAfter(at); next <= now && next > at;) {
     at = next;
     next = nextAfter(at);
   }

@@ -66,6 +66,9 @@ export class MessageIdempotencyInterceptor implements NestInterceptor {
     const reply = await this.service.execute(outcome.execution, () =>
       lastValueFrom(next.handle(), { defaultValue: undefined }),
     );
+    // Only now is the result stored (in transactional mode, the handler's writes committed):
+    // a message acknowledged earlier would be lost if the process died before this point.
+    await route.acknowledge?.(data, transport);
     return of(reply);
   }
 

@@ -83,6 +83,14 @@ describe('message handlers over a TCP microservice', () => {
     });
     expect(runs.get(id)).toBe(1);
   });
+
+  it('refuses a message without a key with a problem document, without running the handler', async () => {
+    const before = [...runs.values()].reduce((sum, count) => sum + count, 0);
+    expect(await send({ id: '', amount: 5 })).toEqual({
+      error: expect.objectContaining({ type: PROBLEM_TYPE_BASE + 'missing-message-key', status: 400 }),
+    });
+    expect([...runs.values()].reduce((sum, count) => sum + count, 0)).toBe(before);
+  });
 });
 
 /**

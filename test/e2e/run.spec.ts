@@ -122,14 +122,14 @@ describe('IdempotencyService.run() and @IdempotentMethod()', () => {
     expect(results).toEqual(Array.from({ length: 20 }, () => ({ sent: true, key })));
   });
 
-  it('returns the stored result, as JSON makes it, to a later repeat', async () => {
+  it('returns the stored result, as JSON makes it, to the first call and to a later repeat', async () => {
     const key = randomUUID();
     const at = new Date('2026-12-01T10:00:00.000Z');
     const first = await service.run({ key, name: 'stamp' }, async () => {
       await effect('stamp', key)();
       return { at };
     });
-    expect(first.at).toBe(at);
+    expect(first).toEqual({ at: '2026-12-01T10:00:00.000Z' });
     const repeat = await service.run({ key, name: 'stamp' }, () => ({ at: new Date() }));
     expect(repeat).toEqual({ at: '2026-12-01T10:00:00.000Z' });
     expect(await effectCount(db.pool, 'stamp', key)).toBe(1);
@@ -281,6 +281,27 @@ describe('IdempotencyService.run() and @IdempotentMethod()', () => {
       @Module({ providers: [NoKey] })
       class NoKeyModule {}
       await expect(bootWithMemoryStore(NoKeyModule)).rejects.toThrow(/NoKey\.run: give it a "key"/);
+    });
+
+    it('checks the options of a method at start-up, not on its first call', async () => {
+      @Injectable()
+      class ShortLease {
+        @IdempotentMethod({ key: (id: string) => id, leaseMs: 10 })
+        async run(_id: string): Promise<void> {}
+      }
+      @Injectable()
+      class TransactionalOnMemory {
+        @IdempotentMethod({ key: (id: string) => id, transactional: true })
+        async run(_id: string): Promise<void> {}
+      }
+      @Module({ providers: [ShortLease] })
+      class ShortLeaseModule {}
+      @Module({ providers: [TransactionalOnMemory] })
+      class TransactionalModule {}
+      await expect(bootWithMemoryStore(ShortLeaseModule)).rejects.toThrow(/ShortLease\.run: "leaseMs" must be/);
+      await expect(bootWithMemoryStore(TransactionalModule)).rejects.toThrow(
+        /TransactionalOnMemory\.run is transactional, but MemoryIdempotencyStore has no transactions/,
+      );
     });
   });
 });
