@@ -33,3 +33,13 @@ export async function effectsPerKey(pool: pg.Pool, kind: string): Promise<Record
   );
   return Object.fromEntries(rows.map((row) => [row.key as string, row.n as number]));
 }
+
+/** Effects of each of `keys` (0 for a key without any), e.g. `{ a: 1, b: 0 }`. */
+export async function effectsOf(pool: pg.Pool, kind: string, keys: string[]): Promise<Record<string, number>> {
+  const { rows } = await pool.query(
+    'SELECT key, count(*)::int AS n FROM effects WHERE kind = $1 AND key = ANY($2) GROUP BY key',
+    [kind, keys],
+  );
+  const counts = new Map(rows.map((row) => [row.key as string, row.n as number]));
+  return Object.fromEntries(keys.map((key) => [key, counts.get(key) ?? 0]));
+}
