@@ -193,3 +193,21 @@ export class MissingMethodKeyError extends IdempotencyError {
     );
   }
 }
+
+/**
+ * An `@Idempotent()` message handler was reached without the library's interceptor: in a
+ * hybrid application, a microservice connected without `inheritAppConfig: true` does not
+ * get the application's global interceptors. The message is refused, never run unguarded.
+ */
+export class UnguardedMessageError extends IdempotencyError {
+  constructor(where: string) {
+    super(
+      'unguarded-message',
+      'Message handler not guarded',
+      HttpStatus.INTERNAL_SERVER_ERROR,
+      `${where}: the message reached an @Idempotent() handler without the idempotency interceptor, so it is refused. ` +
+        'In a hybrid application, connect the microservice with app.connectMicroservice(options, { inheritAppConfig: true }) ' +
+        'so that it gets the global interceptor IdempotencyModule registers.',
+    );
+  }
+}

@@ -5,7 +5,6 @@ import { IdempotentTransaction } from './core/idempotent-transaction.js';
 import { IdempotencyExceptionFilter } from './http/idempotency.filter.js';
 import { IdempotencyInterceptor } from './http/idempotency.interceptor.js';
 import { IdempotentMethods } from './method/idempotent-methods.js';
-import { MessageHandlers } from './microservices/message-handlers.js';
 import { MessageIdempotencyInterceptor } from './microservices/message.interceptor.js';
 import { ConfigurableIdempotencyModule, OPTIONS_TYPE } from './idempotency.module-definition.js';
 import { IdempotencyService } from './core/idempotency.service.js';
@@ -13,9 +12,8 @@ import { IdempotencyService } from './core/idempotency.service.js';
 /**
  * `IdempotencyModule.forRoot({...})` or `.forRootAsync({ useFactory, inject, imports })`,
  * once, in the application module. It registers the HTTP and message interceptors and the
- * problem filter globally (and on each idempotent message handler, for hybrid
- * applications), and binds `@IdempotentMethod()` methods to this application: the
- * decorators are all that is needed then.
+ * problem filter globally, and binds `@IdempotentMethod()` methods to this application:
+ * the decorators are all that is needed then.
  */
 @Module({
   imports: [DiscoveryModule],
@@ -23,12 +21,9 @@ import { IdempotencyService } from './core/idempotency.service.js';
     IdempotentRoutes,
     IdempotencyService,
     IdempotentMethods,
-    MessageIdempotencyInterceptor,
-    IdempotencyExceptionFilter,
-    MessageHandlers,
     { provide: APP_INTERCEPTOR, useClass: IdempotencyInterceptor },
-    { provide: APP_INTERCEPTOR, useExisting: MessageIdempotencyInterceptor },
-    { provide: APP_FILTER, useExisting: IdempotencyExceptionFilter },
+    { provide: APP_INTERCEPTOR, useClass: MessageIdempotencyInterceptor },
+    { provide: APP_FILTER, useClass: IdempotencyExceptionFilter },
     IdempotentTransaction,
   ],
   exports: [IdempotencyService, IdempotentTransaction],

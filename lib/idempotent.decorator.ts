@@ -1,5 +1,6 @@
-import { SetMetadata } from '@nestjs/common';
+import { applyDecorators, SetMetadata, UseInterceptors } from '@nestjs/common';
 import type { IdempotentRouteOptions } from './idempotency.options.js';
+import { UnguardedMessageCheck } from './microservices/unguarded-message.check.js';
 
 /** Metadata key under which `@Idempotent()` records its route options (namespaced: not a DI token). */
 export const IDEMPOTENT_METADATA = 'nestjs-idempotency:route-options';
@@ -10,8 +11,10 @@ export const IDEMPOTENT_METADATA = 'nestjs-idempotency:route-options';
  * response. Put it on a controller method, or on a controller to cover all its routes;
  * method options override controller options, which override the module's.
  *
- * It only records metadata: the interceptor that does the work is registered by
- * `IdempotencyModule`.
+ * It records metadata: the interceptor that does the work is registered by
+ * `IdempotencyModule`. It also attaches a check that refuses a message reaching a handler
+ * without that interceptor (a hybrid application's microservice connected without
+ * `inheritAppConfig: true`), which would otherwise run unguarded.
  */
 export const Idempotent = (options: IdempotentRouteOptions = {}): ClassDecorator & MethodDecorator =>
-  SetMetadata(IDEMPOTENT_METADATA, options);
+  applyDecorators(SetMetadata(IDEMPOTENT_METADATA, options), UseInterceptors(UnguardedMessageCheck));

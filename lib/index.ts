@@ -23,6 +23,7 @@ export {
   InvalidIdempotencyInputError,
   InvalidIdempotencyKeyError,
   MissingMessageKeyError,
+  UnguardedMessageError,
   MissingMethodKeyError,
   MissingIdempotencyKeyError,
   PROBLEM_TYPE_BASE,

@@ -1,5 +1,5 @@
 import { type CallHandler, type ExecutionContext, Injectable, Logger, type NestInterceptor } from '@nestjs/common';
-import { from, lastValueFrom, mergeAll, type Observable, of } from 'rxjs';
+import { concat, defer, from, ignoreElements, lastValueFrom, mergeAll, type Observable, of } from 'rxjs';
 import { IdempotencyService } from '../core/idempotency.service.js';
 import { checkIdentityPart } from '../core/run-options.js';
 import { resultOf } from '../core/stored-response.js';
@@ -8,14 +8,15 @@ import { IdempotentRoutes } from '../idempotent-routes.js';
 import type { Handler } from '../route-metadata.js';
 import { messageIdOf } from './message-key.js';
 import type { MessageRoute } from './message-route.js';
-
-const handled = new WeakSet<object>();
+import { markGuarded } from './unguarded-message.check.js';
 
 /**
  * The message mapping (`@nestjs/microservices`): a message in, its handler run once per
  * key. A request (`@MessagePattern`) repeated gets the stored reply; an event
- * (`@EventPattern`) repeated is only acknowledged. Registered globally by
- * `IdempotencyModule`; handlers without `@Idempotent()` pass straight through.
+ * (`@EventPattern`) repeated is only acknowledged. Every message the library is done
+ * with is acknowledged through the route's `acknowledge`, and only once its outcome is
+ * stored. Registered globally by `IdempotencyModule`; handlers without `@Idempotent()`
+ * pass straight through.
  */
 @Injectable()
 export class MessageIdempotencyInterceptor implements NestInterceptor {
@@ -30,11 +31,7 @@ export class MessageIdempotencyInterceptor implements NestInterceptor {
     if (context.getType() !== 'rpc') return next.handle();
     const route = this.routes.of(context.getClass(), context.getHandler() as Handler);
     if (route?.context !== 'rpc') return next.handle();
-    // Registered globally and on the handler (see MessageHandlers): the second one to see
-    // this message lets it through. Every interceptor of one call gets the same arguments.
-    const args = context.getArgs();
-    if (handled.has(args)) return next.handle();
-    handled.add(args);
+    markGuarded(context);
     return from(this.handle(route, context, next)).pipe(mergeAll());
   }
 
@@ -51,7 +48,7 @@ export class MessageIdempotencyInterceptor implements NestInterceptor {
     const key = route.key ? await route.key(data, transport) : messageIdOf(transport);
     if (key === undefined || key === null || key === '') {
       if (route.options.required) throw new MissingMessageKeyError(where, route.key !== undefined);
-      return next.handle();
+      return this.acknowledgedAfter(route, data, transport, next.handle());
     }
     checkIdentityPart(key, 'key', where, false);
     const scope = route.scope ? await this.scopeOf(route, data, context, where) : '';
@@ -70,6 +67,21 @@ export class MessageIdempotencyInterceptor implements NestInterceptor {
     // a message acknowledged earlier would be lost if the process died before this point.
     await route.acknowledge?.(data, transport);
     return of(reply);
+  }
+
+  /** An unguarded run (`required: false`, no key) is acknowledged once its handler has completed. */
+  private acknowledgedAfter(
+    route: MessageRoute,
+    data: unknown,
+    transport: unknown,
+    handled: Observable<unknown>,
+  ): Observable<unknown> {
+    const { acknowledge } = route;
+    if (!acknowledge) return handled;
+    const acknowledged = defer(async () => {
+      await acknowledge(data, transport);
+    });
+    return concat(handled, acknowledged.pipe(ignoreElements()));
   }
 
   /** A scope from the decorators: a non-empty string, or the message is refused (never a shared scope). */

@@ -94,18 +94,19 @@ describe('message handlers over a TCP microservice', () => {
 });
 
 /**
- * A hybrid application: HTTP plus a microservice connected without `inheritAppConfig`, which
- * does not inherit global interceptors and filters. The handlers are guarded all the same.
+ * A hybrid application: HTTP plus a TCP microservice. Connected without `inheritAppConfig`,
+ * the microservice ignores global interceptors: its idempotent handlers refuse messages
+ * rather than run them unguarded. Connected with it, they are guarded.
  */
-describe('message handlers of a hybrid application', () => {
+describe.each([false, true])('message handlers of a hybrid application (inheritAppConfig: %s)', (inheritAppConfig) => {
   let app: INestApplication;
   let client: ClientProxy;
 
   beforeAll(async () => {
     const port = await freePort();
     const moduleRef = await Test.createTestingModule({ imports: [ChargesModule] }).compile();
-    app = moduleRef.createNestApplication({ logger: ['error', 'warn'] });
-    app.connectMicroservice({ transport: Transport.TCP, options: { host: '127.0.0.1', port } });
+    app = moduleRef.createNestApplication({ logger: false });
+    app.connectMicroservice({ transport: Transport.TCP, options: { host: '127.0.0.1', port } }, { inheritAppConfig });
     await app.startAllMicroservices();
     await app.listen(0, '127.0.0.1');
     client = ClientProxyFactory.create({ transport: Transport.TCP, options: { host: '127.0.0.1', port } });
@@ -117,21 +118,22 @@ describe('message handlers of a hybrid application', () => {
     await app?.close();
   });
 
-  it('runs a message once for sequential and parallel duplicates, and answers the 409 problem document', async () => {
+  it(inheritAppConfig ? 'runs duplicates once' : 'refuses messages, never running them unguarded', async () => {
     const id = randomUUID();
     const send = () =>
       firstValueFrom(client.send<unknown, Charge>('charge', { id, amount: 7 })).then(
         (reply) => ({ reply }),
         (error: unknown) => ({ error }),
       );
-    const parallel = await Promise.all([send(), send(), send()]);
-    expect(parallel.filter((answer) => 'reply' in answer)).toEqual([{ reply: { charged: 7, run: 1 } }]);
-    expect(parallel.filter((answer) => 'error' in answer)).toEqual([
-      { error: expect.objectContaining({ type: PROBLEM_TYPE_BASE + 'request-in-progress' }) },
-      { error: expect.objectContaining({ type: PROBLEM_TYPE_BASE + 'request-in-progress' }) },
-    ]);
-    expect(await send()).toEqual({ reply: { charged: 7, run: 1 } });
-    expect(runs.get(id)).toBe(1);
+    const answers = await Promise.all([send(), send(), send()]);
+    if (inheritAppConfig) {
+      expect(answers.filter((answer) => 'reply' in answer)).toEqual([{ reply: { charged: 7, run: 1 } }]);
+      expect(await send()).toEqual({ reply: { charged: 7, run: 1 } });
+      expect(runs.get(id)).toBe(1);
+    } else {
+      expect(answers.every((answer) => 'error' in answer)).toBe(true);
+      expect(runs.get(id)).toBeUndefined();
+    }
   });
 });
 

@@ -4,7 +4,9 @@ import {
   Catch,
   Controller,
   type ExceptionFilter,
+  type INestApplication,
   type INestMicroservice,
+  type LogLevel,
   Module,
   UseFilters,
 } from '@nestjs/common';
@@ -13,6 +15,7 @@ import {
   Ctx,
   EventPattern,
   MessagePattern,
+  type MicroserviceOptions,
   type NatsContext,
   Payload,
   type RmqContext,
@@ -45,6 +48,11 @@ export interface ConsumerSettings {
   requeueFirstDelivery?: boolean;
   /** RabbitMQ: on a first delivery, `acknowledge` stops before acking (the record is stored); the test kills the process there. */
   pauseBeforeAck?: boolean;
+  /**
+   * A hybrid application (HTTP with the consumer connected to it) whose microservice
+   * inherits the application's global enhancers, or has a configuration of its own.
+   */
+  hybrid?: 'inherit' | 'separate';
   /** RabbitMQ: on a first delivery, the transactional handler stops after its write, before the commit; the test kills the process there. */
   pauseInHandler?: boolean;
 }
@@ -91,7 +99,7 @@ export async function startConsumer(
   settings: ConsumerSettings,
   observe: (observation: Observation) => void,
   hold: () => Promise<void> = () => Promise.resolve(),
-): Promise<INestMicroservice> {
+): Promise<INestMicroservice | INestApplication> {
   const prefix = settings.transport === 'nats' ? `${settings.queue}.` : '';
   const rmq = settings.transport === 'rmq';
 
@@ -229,30 +237,33 @@ export async function startConsumer(
   })
   class ConsumerModule {}
 
-  const app = await NestFactory.createMicroservice(
-    ConsumerModule,
-    rmq
-      ? {
-          transport: Transport.RMQ,
-          options: {
-            urls: [settings.brokerUrl],
-            queue: settings.queue,
-            queueOptions: { durable: false },
-            noAck: false,
-            prefetchCount: settings.prefetch ?? 10,
-          },
-          logger: ['error', 'warn'],
-        }
-      : {
-          transport: Transport.NATS,
-          options: { servers: [settings.brokerUrl], queue: settings.queue },
-          logger: ['error', 'warn'],
+  const transport: MicroserviceOptions = rmq
+    ? {
+        transport: Transport.RMQ,
+        options: {
+          urls: [settings.brokerUrl],
+          queue: settings.queue,
+          queueOptions: { durable: false },
+          noAck: false,
+          prefetchCount: settings.prefetch ?? 10,
         },
-  );
-  await app.listen();
+      }
+    : { transport: Transport.NATS, options: { servers: [settings.brokerUrl], queue: settings.queue } };
+  const logger: LogLevel[] = ['error', 'warn'];
+  let app: INestMicroservice | INestApplication;
+  let microservice: INestMicroservice;
+  if (settings.hybrid) {
+    app = await NestFactory.create(ConsumerModule, { logger });
+    microservice = app.connectMicroservice(transport, { inheritAppConfig: settings.hybrid === 'inherit' });
+    await app.startAllMicroservices();
+    await app.init();
+  } else {
+    app = microservice = await NestFactory.createMicroservice(ConsumerModule, { ...transport, logger });
+    await microservice.listen();
+  }
   if (!rmq) {
     // The subscriptions are on the server once it has answered a ping after them.
-    await app.unwrap<{ flush(): Promise<void> }>().flush();
+    await microservice.unwrap<{ flush(): Promise<void> }>().flush();
   }
   observe({ event: 'ready' });
   return app;
