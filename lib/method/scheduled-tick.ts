@@ -21,7 +21,7 @@ export interface ScheduledTick {
 }
 
 interface CronTimeLike {
-  getNextDateFrom(start: Date): { toMillis(): number };
+  getNextDateFrom(start: Date, timeZone?: string): { toMillis(): number };
 }
 type CronTimeClass = new (source: string | Date, timeZone?: string | null, utcOffset?: number | null) => CronTimeLike;
 
@@ -52,11 +52,13 @@ export async function scheduledTickOf(method: object, now: number): Promise<Sche
   switch (scheduleOf(method)) {
     case 'cron': {
       const { cronTime, timeZone, utcOffset } = Reflect.getMetadata(CRON_OPTIONS, method) as {
-        cronTime: string | Date;
+        cronTime: string | Date | { toMillis(): number };
         timeZone?: string;
         utcOffset?: number;
       };
+      // A one-off job (a Date, or a Luxon DateTime) has one tick: its date.
       if (cronTime instanceof Date) return { name, at: cronTime.getTime() };
+      if (typeof cronTime !== 'string') return { name, at: cronTime.toMillis() };
       return { name, at: await latestCronTime(cronTime, timeZone, utcOffset, now) };
     }
     case 'interval': {
@@ -78,17 +80,32 @@ async function latestCronTime(
   const CronTime = await loadCronTime();
   if (!CronTime) return Math.floor(now / 1000) * 1000;
   const time = timeZone ? new CronTime(expression, timeZone) : new CronTime(expression, null, utcOffset ?? null);
+  // getNextDateFrom() computes in the zone it is given, not the CronTime's: without it, a
+  // job in another zone than the machine's would be keyed by the wrong wall clock, and two
+  // of its ticks (09:00 and 10:00 in New York on a UTC machine) could share one key.
+  const zone = timeZone ?? (utcOffset == null ? systemTimeZone() : offsetZone(utcOffset));
+  const nextAfter = (at: number) => time.getNextDateFrom(new Date(at), zone).toMillis();
   // Look back far enough to find one scheduled time, then walk forward to the last one.
   let at = NaN;
   for (let lookBack = 1000; !(at <= now); lookBack *= 2) {
-    at = time.getNextDateFrom(new Date(now - lookBack)).toMillis();
+    at = nextAfter(now - lookBack);
     if (lookBack > 400 * 24 * 60 * 60 * 1000) return Math.floor(now / 1000) * 1000;
   }
-  for (let next = time.getNextDateFrom(new Date(at)).toMillis(); next <= now;) {
-    at = next;
-    next = time.getNextDateFrom(new Date(at)).toMillis();
-  }
+  for (let next = nextAfter(at); next <= now; next = nextAfter(at)) at = next;
   return at;
+}
+
+/** The zone a CronTime without a zone or an offset runs in (what its constructor picks). */
+function systemTimeZone(): string {
+  return Intl.DateTimeFormat().resolvedOptions().timeZone;
+}
+
+/** A UTC offset in minutes as the zone name the `cron` package makes of it ("UTC+05:30"). */
+function offsetZone(minutes: number): string {
+  const sign = minutes < 0 ? '-' : '+';
+  const pad = (value: number) => String(value).padStart(2, '0');
+  const absolute = Math.abs(minutes);
+  return `UTC${sign}${pad(Math.trunc(absolute / 60))}:${pad(absolute % 60)}`;
 }
 
 /**
