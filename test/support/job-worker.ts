@@ -1,0 +1,136 @@
+import 'reflect-metadata';
+import { BullModule, Processor, WorkerHost } from '@nestjs/bullmq';
+import { Module } from '@nestjs/common';
+import { NestFactory } from '@nestjs/core';
+import { TypeOrmModule } from '@nestjs/typeorm';
+import type { Job } from 'bullmq';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { DataSource, type EntityManager } from 'typeorm';
+import {
+  IdempotencyModule,
+  IdempotentMethod,
+  type IdempotentMethodOptions,
+  IdempotentTransaction,
+} from '../../lib/index.js';
+import { EFFECT_INSERT } from './effects.js';
+import { redisConnection } from './redis.js';
+
+/**
+ * A BullMQ worker application for test/e2e/jobs.spec.ts, run as a process of its own.
+ *
+ * Env: DATABASE_URL, REDIS_URL; BULL_PREFIX and QUEUE (the queue it works on); WORKER_NAME (BullMQ's
+ * `processedBy` of the jobs it finishes); GUARD=off runs the same code without
+ * `@IdempotentMethod()` (the control); HANG=on makes it stop where a charge's `hang` says,
+ * for the test to kill it there. LOCK_DURATION_MS (default 1000): BullMQ's job lock, short so that a killed worker's job
+ * is found stalled soon; stalled jobs are looked for every half of it.
+ */
+const env = process.env;
+const guarded = env.GUARD !== 'off';
+const hangs = env.HANG === 'on';
+const workerName = env.WORKER_NAME ?? `worker-${process.pid}`;
+const lockDuration = Number(env.LOCK_DURATION_MS ?? 1000);
+
+/** A charge, keyed by its BullMQ job id; each `fail` flag fails the first attempt at that point. */
+export interface ChargeData {
+  failBeforeEffect?: boolean;
+  failAfterEffect?: boolean;
+  failAfterReturn?: boolean;
+  /**
+   * Where a worker started with HANG=on stops: inside the method, after the write and
+   * before the commit; or after the method returned (committed), before BullMQ completes
+   * the job.
+   */
+  hang?: 'inside' | 'after-return';
+}
+
+/** An order, keyed by its business id whatever the job's id: two jobs for one order are one order. */
+export interface OrderData {
+  orderId: string;
+  amount: number;
+}
+
+/** `@IdempotentMethod()`, or nothing at all for the control run. */
+const Guarded = (options: IdempotentMethodOptions): MethodDecorator =>
+  guarded ? (IdempotentMethod(options) as MethodDecorator) : () => undefined;
+
+/** Prints a line the test waits for, then never settles: the test kills the process here. */
+async function hangHere(line: string): Promise<never> {
+  console.log(line);
+  return new Promise<never>(() => {});
+}
+
+@Processor(env.QUEUE!, { name: workerName, concurrency: 4, lockDuration, stalledInterval: lockDuration / 2 })
+class Payments extends WorkerHost {
+  constructor(
+    private readonly dataSource: DataSource,
+    private readonly transaction: IdempotentTransaction,
+  ) {
+    super();
+  }
+
+  async process(job: Job): Promise<unknown> {
+    const result = job.name === 'order' ? await this.placeOrder(job) : await this.charge(job);
+    const data = job.data as ChargeData;
+    // Something after the effect fails (a notification, say): BullMQ runs the whole job again.
+    if (data.failAfterReturn && job.attemptsMade === 0) throw new Error('failed after the charge returned');
+    if (hangs && data.hang === 'after-return') await hangHere(`returned ${job.id}`);
+    return result;
+  }
+
+  @Guarded({ key: (job: Job) => job.id, transactional: true })
+  async charge(job: Job<ChargeData>): Promise<{ charged: string; by: string }> {
+    const first = job.attemptsMade === 0;
+    if (job.data.failBeforeEffect && first) throw new Error('failed before the charge');
+    await this.writer().query(EFFECT_INSERT, ['charge', job.id]);
+    if (job.data.failAfterEffect && first) throw new Error('failed after the charge was written');
+    if (hangs && job.data.hang === 'inside') await hangHere(`inside ${job.id}`);
+    return { charged: job.id!, by: workerName };
+  }
+
+  @Guarded({
+    key: (job: Job<OrderData>) => job.data.orderId,
+    payload: (job: Job<OrderData>) => job.data.amount,
+    concurrency: 'wait',
+  })
+  async placeOrder(job: Job<OrderData>): Promise<{ order: string; placedBy: string }> {
+    await this.dataSource.query(EFFECT_INSERT, ['order', job.data.orderId]);
+    // Holds the key a while, so that duplicates taken by the other slots of this worker
+    // arrive while it is in progress: the case `concurrency: 'wait'` is for.
+    await sleep(200);
+    return { order: job.data.orderId, placedBy: job.id! };
+  }
+
+  /** The method's transaction when guarded (its writes commit with the stored result); a plain connection otherwise. */
+  private writer(): EntityManager {
+    return guarded ? this.transaction.manager : this.dataSource.manager;
+  }
+}
+
+async function main(): Promise<void> {
+  const connection = redisConnection(env.REDIS_URL!);
+  @Module({
+    imports: [
+      TypeOrmModule.forRoot({ type: 'postgres', url: env.DATABASE_URL, extra: { max: 10 } }),
+      IdempotencyModule.forRoot({ fingerprintSecret: 'job worker secret for the tests' }),
+      BullModule.forRoot({ connection, prefix: env.BULL_PREFIX }),
+      BullModule.registerQueue({ name: env.QUEUE! }),
+    ],
+    providers: [Payments],
+  })
+  class WorkerModule {}
+
+  const app = await NestFactory.createApplicationContext(WorkerModule, { logger: ['error', 'warn'] });
+  await app.init();
+  console.log('ready');
+  process.once('SIGTERM', () => {
+    void app
+      .close()
+      .then(() => connection.quit())
+      .then(() => process.exit(0));
+  });
+}
+
+main().catch((error) => {
+  console.error(error);
+  process.exit(1);
+});
