@@ -17,17 +17,51 @@ const METHOD_METADATA = 'nestjs-idempotency:method-options';
 const serviceOf = new WeakMap<object, IdempotencyService>();
 let latestService: IdempotencyService | undefined;
 
+/**
+ * The binding passes of applications being initialised. Nest creates every provider
+ * before it runs any module's `onModuleInit`, and some modules start calling methods in
+ * theirs: BullModule starts its workers there, and a worker takes the jobs already
+ * waiting at once, maybe before IdempotencyModule's turn. Such a call waits for these.
+ */
+const bindings = new Set<Promise<void>>();
+
 /** Binds the providers with `@IdempotentMethod()` methods to this application's service, and checks them at start-up. */
 @Injectable()
 export class IdempotentMethods implements OnModuleInit, OnApplicationShutdown {
+  private readonly bound: Promise<void>;
+  private markBound!: () => void;
+
   constructor(
     private readonly discovery: DiscoveryService,
     private readonly scanner: MetadataScanner,
     private readonly service: IdempotencyService,
-  ) {}
+  ) {
+    this.bound = new Promise((resolve) => (this.markBound = resolve));
+    bindings.add(this.bound);
+  }
 
   onModuleInit(): void {
     latestService = this.service;
+    try {
+      this.bind();
+    } finally {
+      // Also when a check fails the boot: nothing may wait for this application then.
+      this.bindingDone();
+    }
+  }
+
+  onApplicationShutdown(): void {
+    // An application closed after another module failed its start never bound anything.
+    this.bindingDone();
+    if (latestService === this.service) latestService = undefined;
+  }
+
+  private bindingDone(): void {
+    bindings.delete(this.bound);
+    this.markBound();
+  }
+
+  private bind(): void {
     for (const wrapper of [...this.discovery.getProviders(), ...this.discovery.getControllers()]) {
       const instance = wrapper.instance as object | undefined;
       const prototype = (wrapper.metatype as { prototype?: object } | undefined)?.prototype;
@@ -41,10 +75,6 @@ export class IdempotentMethods implements OnModuleInit, OnApplicationShutdown {
         serviceOf.set(instance, this.service);
       }
     }
-  }
-
-  onApplicationShutdown(): void {
-    if (latestService === this.service) latestService = undefined;
   }
 }
 
@@ -80,7 +110,12 @@ export async function invokeIdempotent(
   args: unknown[],
   { options, where }: { options: IdempotentMethodOptions; where: string },
 ): Promise<unknown> {
-  const service = (instance && serviceOf.get(instance)) ?? latestService;
+  let service = instance ? serviceOf.get(instance) : undefined;
+  if (!service && bindings.size > 0) {
+    await Promise.all(bindings);
+    service = instance ? serviceOf.get(instance) : undefined;
+  }
+  service ??= latestService;
   if (!service) {
     throw new Error(
       `${where} is an @IdempotentMethod(), but no application with IdempotencyModule has started: ` +

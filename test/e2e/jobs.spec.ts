@@ -219,4 +219,22 @@ describeRedis('@IdempotentMethod() in BullMQ job processors', () => {
       expect(control.effects).toBe(2);
     });
   });
+
+  it('a worker that starts with jobs already waiting, before IdempotencyModule is initialised, runs each of them once', async () => {
+    // A deploy or a restart with a backlog: BullModule starts its workers in its
+    // onModuleInit, and they take jobs at once; IdempotencyModule's turn may come later
+    // (here it is imported after BullModule, and its start-up check is slow).
+    const queue = queues.queue('backlog');
+    const added = await queue.addBulk(
+      Array.from({ length: 8 }, () => ({
+        name: 'charge',
+        data: {} satisfies ChargeData,
+        opts: { jobId: randomUUID() },
+      })),
+    );
+    await startWorker(queue, 'backlog', { SLOW_START_MS: '1000' });
+    const jobs = await Promise.all(added.map((job) => queues.settled(queue, job.id!)));
+    expect(jobs.map((job) => job.failedReason)).toEqual(jobs.map(() => undefined));
+    expect(await Promise.all(jobs.map((job) => effectCount(db.pool, 'charge', job.id)))).toEqual(jobs.map(() => 1));
+  });
 });

@@ -1,6 +1,6 @@
 import 'reflect-metadata';
 import { BullModule, Processor, WorkerHost } from '@nestjs/bullmq';
-import { Module } from '@nestjs/common';
+import { Injectable, Module } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
 import { TypeOrmModule } from '@nestjs/typeorm';
 import type { Job } from 'bullmq';
@@ -11,6 +11,7 @@ import {
   IdempotentMethod,
   type IdempotentMethodOptions,
   IdempotentTransaction,
+  PostgresIdempotencyStore,
 } from '../../lib/index.js';
 import { EFFECT_INSERT } from './effects.js';
 import { redisConnection } from './redis.js';
@@ -21,7 +22,9 @@ import { redisConnection } from './redis.js';
  * Env: DATABASE_URL, REDIS_URL; BULL_PREFIX and QUEUE (the queue it works on); WORKER_NAME (BullMQ's
  * `processedBy` of the jobs it finishes); GUARD=off runs the same code without
  * `@IdempotentMethod()` (the control); HANG=on makes it stop where a charge's `hang` says,
- * for the test to kill it there. LOCK_DURATION_MS (default 1000): BullMQ's job lock, short so that a killed worker's job
+ * for the test to kill it there. SLOW_START_MS delays IdempotencyModule's start-up check
+ * of the database (a database slow to answer while the application starts), so that the
+ * worker surely takes jobs before that module is initialised. LOCK_DURATION_MS (default 1000): BullMQ's job lock, short so that a killed worker's job
  * is found stalled soon; stalled jobs are looked for every half of it.
  */
 const env = process.env;
@@ -47,6 +50,19 @@ export interface ChargeData {
 export interface OrderData {
   orderId: string;
   amount: number;
+}
+
+/** The PostgreSQL store, with its start-up check delayed by SLOW_START_MS. */
+@Injectable()
+class SlowStartStore extends PostgresIdempotencyStore {
+  constructor(dataSource: DataSource) {
+    super(dataSource);
+  }
+
+  override async verify(): Promise<void> {
+    await sleep(Number(env.SLOW_START_MS));
+    return super.verify();
+  }
 }
 
 /** `@IdempotentMethod()`, or nothing at all for the control run. */
@@ -111,9 +127,14 @@ async function main(): Promise<void> {
   @Module({
     imports: [
       TypeOrmModule.forRoot({ type: 'postgres', url: env.DATABASE_URL, extra: { max: 10 } }),
-      IdempotencyModule.forRoot({ fingerprintSecret: 'job worker secret for the tests' }),
+      // BullModule first: its workers then start (in its onModuleInit) before IdempotencyModule
+      // is initialised, and take waiting jobs at once (the start-up test of jobs.spec.ts).
       BullModule.forRoot({ connection, prefix: env.BULL_PREFIX }),
       BullModule.registerQueue({ name: env.QUEUE! }),
+      IdempotencyModule.forRoot({
+        fingerprintSecret: 'job worker secret for the tests',
+        store: env.SLOW_START_MS ? SlowStartStore : undefined,
+      }),
     ],
     providers: [Payments],
   })
