@@ -63,7 +63,7 @@ describeRedis('@IdempotentMethod() in BullMQ job processors', () => {
       guarded = queues.queue('retries');
       control = queues.queue('retries-control');
       await Promise.all([startWorker(guarded, 'guarded'), startWorker(control, 'control', { GUARD: 'off' })]);
-    });
+    }, 120_000);
 
     /** Adds the same charge to a queue, with three attempts, and waits for its end. */
     const charge = async (queue: Queue, data: ChargeData) => {
@@ -182,7 +182,7 @@ describeRedis('@IdempotentMethod() in BullMQ job processors', () => {
         }
       });
       await Promise.all(runs);
-    });
+    }, 180_000);
 
     const outcome = (crash: Crash, guard: 'on' | 'off') => outcomes.get(`${crash}/${guard}`)!;
 
@@ -236,5 +236,5 @@ describeRedis('@IdempotentMethod() in BullMQ job processors', () => {
     const jobs = await Promise.all(added.map((job) => queues.settled(queue, job.id!)));
     expect(jobs.map((job) => job.failedReason)).toEqual(jobs.map(() => undefined));
     expect(await Promise.all(jobs.map((job) => effectCount(db.pool, 'charge', job.id)))).toEqual(jobs.map(() => 1));
-  });
+  }, 120_000);
 });

@@ -76,7 +76,8 @@ export async function startChildApp(script: string, name: string, env: Record<st
     },
   };
   try {
-    await waitForOutput(/^ready$/m);
+    // Generous: on a loaded machine a Nest application takes seconds to load and start.
+    await waitForOutput(/^ready$/m, 90_000);
   } catch (error) {
     await app.stop('SIGKILL');
     throw error;

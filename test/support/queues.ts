@@ -22,7 +22,7 @@ export class TestQueues {
   }
 
   /** The job once it has completed, or failed with no attempt left. */
-  async settled(queue: Queue, id: string, timeoutMs = 30_000): Promise<Job> {
+  async settled(queue: Queue, id: string, timeoutMs = 60_000): Promise<Job> {
     await waitFor(
       async () => ['completed', 'failed'].includes(await queue.getJobState(id)),
       `job ${id} of ${queue.name} to complete or fail`,
