@@ -83,6 +83,7 @@ export function IdempotentMethod(
     const wrapped = function (this: object, ...args: unknown[]): Promise<unknown> {
       return invokeIdempotent(this, wrapped, original as (...args: unknown[]) => unknown, args, {
         options,
+        method: propertyKey,
         where: `${owner.name}.${method}`,
       });
     };

@@ -102,13 +102,24 @@ function checkMethod(method: object, options: IdempotentMethodOptions, where: st
   }
 }
 
+/**
+ * The function that carries the method's schedule: the wrapper itself, or, when another
+ * decorator wraps it between `@Cron()` and `@IdempotentMethod()` (a tracing `@Span()`),
+ * the outer function that `@Cron()` decorated and the scheduler registered.
+ */
+function scheduledFunction(instance: object, wrapped: object, method: string | symbol): object {
+  if (scheduleOf(wrapped) !== undefined || !instance) return wrapped;
+  const registered: unknown = Reflect.get(instance, method);
+  return typeof registered === 'function' && scheduleOf(registered) !== undefined ? registered : wrapped;
+}
+
 /** @internal The body of every `@IdempotentMethod()` wrapper. */
 export async function invokeIdempotent(
   instance: object,
   wrapped: object,
   original: (...args: unknown[]) => unknown,
   args: unknown[],
-  { options, where }: { options: IdempotentMethodOptions; where: string },
+  { options, method, where }: { options: IdempotentMethodOptions; method: string | symbol; where: string },
 ): Promise<unknown> {
   let service = instance ? serviceOf.get(instance) : undefined;
   if (!service && bindings.size > 0) {
@@ -123,8 +134,9 @@ export async function invokeIdempotent(
     );
   }
   await service.ready();
-  const schedule = scheduleOf(wrapped);
-  const tick = options.key ? undefined : await scheduledTickOf(wrapped, Date.now());
+  const scheduled = scheduledFunction(instance, wrapped, method);
+  const schedule = scheduleOf(scheduled);
+  const tick = options.key ? undefined : await scheduledTickOf(scheduled, Date.now());
   const key = options.key ? await options.key(...args) : tick && new Date(tick.at).toISOString();
   if (key === undefined || key === null || key === '') {
     if (options.required === false) return original.apply(instance, args);

@@ -26,6 +26,24 @@ const kind = (task: string) => (guarded ? task : `${task}-unguarded`);
 const Guarded = (options?: IdempotentMethodOptions): MethodDecorator =>
   guarded ? (IdempotentMethod(options) as MethodDecorator) : () => undefined;
 
+/**
+ * A method wrapper that keeps the method's metadata on the wrapper, as tracing decorators
+ * do (nestjs-otel's and Vendure's `@Span()`), for a task decorated
+ * `@Cron() @Traced() @IdempotentMethod()`.
+ */
+function Traced(): MethodDecorator {
+  return (_target, _key, descriptor: PropertyDescriptor) => {
+    const original = descriptor.value as (...args: unknown[]) => Promise<unknown>;
+    const traced = function (this: unknown, ...args: unknown[]) {
+      return original.apply(this, args);
+    };
+    for (const key of Reflect.getMetadataKeys(original)) {
+      Reflect.defineMetadata(key, Reflect.getMetadata(key, original), traced);
+    }
+    descriptor.value = traced;
+  };
+}
+
 /** The ISO time of the start of the window of `ms` that `now` falls in. */
 const windowOf = (now: number, ms: number) => new Date(Math.floor(now / ms) * ms).toISOString();
 
@@ -61,6 +79,13 @@ class Ticks {
        WHERE route = 'Ticks.everyHalfSecond' AND status = 'in_progress'`,
       [kind('interval')],
     );
+  }
+
+  @Cron('* * * * * *', { name: 'traced-every-second' })
+  @Traced()
+  @Guarded()
+  async tracedEverySecond(): Promise<void> {
+    await this.dataSource.query(EFFECT_INSERT, [kind('traced'), windowOf(Date.now(), 1000)]);
   }
 }
 
