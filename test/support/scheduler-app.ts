@@ -3,6 +3,7 @@ import { Injectable, Module } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
 import { Cron, Interval, ScheduleModule } from '@nestjs/schedule';
 import { TypeOrmModule } from '@nestjs/typeorm';
+import { AsyncLocalStorage } from 'node:async_hooks';
 import { DataSource } from 'typeorm';
 import {
   IdempotencyModule,
@@ -28,24 +29,36 @@ const Guarded = (options?: IdempotentMethodOptions): MethodDecorator =>
 
 /**
  * A method wrapper that keeps the method's metadata on the wrapper, as tracing decorators
- * do (nestjs-otel's and Vendure's `@Span()`), for a task decorated
- * `@Cron() @Traced() @IdempotentMethod()`.
+ * do (nestjs-otel's and Vendure's `@Span()`); `around` runs the wrapped method.
  */
-function Traced(): MethodDecorator {
+function wrapper(around: (run: () => Promise<unknown>) => Promise<unknown>): MethodDecorator {
   return (_target, _key, descriptor: PropertyDescriptor) => {
     const original = descriptor.value as (...args: unknown[]) => Promise<unknown>;
-    const traced = function (this: unknown, ...args: unknown[]) {
-      return original.apply(this, args);
+    const wrapped = function (this: unknown, ...args: unknown[]) {
+      return around(() => original.apply(this, args));
     };
     for (const key of Reflect.getMetadataKeys(original)) {
-      Reflect.defineMetadata(key, Reflect.getMetadata(key, original), traced);
+      Reflect.defineMetadata(key, Reflect.getMetadata(key, original), wrapped);
     }
-    descriptor.value = traced;
+    descriptor.value = wrapped;
   };
 }
 
-/** The ISO time of the start of the window of `ms` that `now` falls in. */
-const windowOf = (now: number, ms: number) => new Date(Math.floor(now / ms) * ms).toISOString();
+/** For a task decorated `@Cron() @Traced() @IdempotentMethod()`. */
+const Traced = () => wrapper((run) => run());
+
+const firedAt = new AsyncLocalStorage<number>();
+
+/**
+ * Notes when the scheduler fired the task, before `@IdempotentMethod()` reads the clock
+ * for the tick: the time the method itself reads later may be past the next tick on a
+ * loaded machine. Outermost, above `@Cron()`, so that `@Cron()` still decorates the
+ * method wrapper directly.
+ */
+const NoteFiringTime = () => wrapper((run) => firedAt.run(Date.now(), run));
+
+/** The ISO time of the start of the window of `ms` that the firing time falls in. */
+const windowOf = (ms: number) => new Date(Math.floor(firedAt.getStore()! / ms) * ms).toISOString();
 
 @Injectable()
 class Ticks {
@@ -55,22 +68,24 @@ class Ticks {
   ) {}
 
   // The default mode (lease). A cron timer fires just after the second it was scheduled
-  // for, so the second the run falls in is its tick: the key the wrapper computed.
+  // for, so the second it fired in is its tick: the key the wrapper computed.
+  @NoteFiringTime()
   @Cron('* * * * * *')
   @Guarded()
   async everySecond(): Promise<void> {
-    await this.dataSource.query(EFFECT_INSERT, [kind('cron'), windowOf(Date.now(), 1000)]);
+    await this.dataSource.query(EFFECT_INSERT, [kind('cron'), windowOf(1000)]);
   }
 
   // Instances' interval timers are out of step, so a run may start at any point of its
   // window and end in the next: the effect takes the exact key from the record. In
   // transactional mode a claim is never committed in progress, so the only record in
   // progress this transaction sees is its own.
+  @NoteFiringTime()
   @Interval(500)
   @Guarded({ transactional: true })
   async everyHalfSecond(): Promise<void> {
     if (!guarded) {
-      await this.dataSource.query(EFFECT_INSERT, [kind('interval'), windowOf(Date.now(), 500)]);
+      await this.dataSource.query(EFFECT_INSERT, [kind('interval'), windowOf(500)]);
       return;
     }
     await this.transaction.manager.query(
@@ -81,11 +96,12 @@ class Ticks {
     );
   }
 
+  @NoteFiringTime()
   @Cron('* * * * * *', { name: 'traced-every-second' })
   @Traced()
   @Guarded()
   async tracedEverySecond(): Promise<void> {
-    await this.dataSource.query(EFFECT_INSERT, [kind('traced'), windowOf(Date.now(), 1000)]);
+    await this.dataSource.query(EFFECT_INSERT, [kind('traced'), windowOf(1000)]);
   }
 }
 
