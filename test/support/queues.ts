@@ -43,6 +43,9 @@ export class TestQueues {
       if (keys.length > 0) await this.connection.del(...keys);
       cursor = next;
     } while (cursor !== '0');
+    // quit() resolves on Redis' reply; the socket closes a moment later ('end').
+    const ended = new Promise((resolve) => this.connection.once('end', resolve));
     await this.connection.quit();
+    await ended;
   }
 }
