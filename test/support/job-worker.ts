@@ -19,19 +19,20 @@ import { redisConnection } from './redis.js';
 /**
  * A BullMQ worker application for test/e2e/jobs.spec.ts, run as a process of its own.
  *
- * Env: DATABASE_URL, REDIS_URL; BULL_PREFIX and QUEUE (the queue it works on); WORKER_NAME (BullMQ's
- * `processedBy` of the jobs it finishes); GUARD=off runs the same code without
- * `@IdempotentMethod()` (the control); HANG=on makes it stop where a charge's `hang` says,
- * for the test to kill it there. SLOW_START_MS delays IdempotencyModule's start-up check
- * of the database (a database slow to answer while the application starts), so that the
- * worker surely takes jobs before that module is initialised. LOCK_DURATION_MS (default 1000): BullMQ's job lock, short so that a killed worker's job
- * is found stalled soon; stalled jobs are looked for every half of it.
+ * Env: DATABASE_URL, REDIS_URL; BULL_PREFIX and QUEUE (the queue it works on);
+ * WORKER_NAME (BullMQ's `processedBy` of the jobs it finishes). GUARD=off runs the same
+ * code without `@IdempotentMethod()` (the control). HANG=on makes it stop where a
+ * charge's `hang` says, for the test to kill it there. SLOW_START_MS delays
+ * IdempotencyModule's start-up check of the database (a database slow to answer while
+ * the application starts), so that the worker surely takes jobs before that module is
+ * initialised.
  */
 const env = process.env;
 const guarded = env.GUARD !== 'off';
 const hangs = env.HANG === 'on';
 const workerName = env.WORKER_NAME ?? `worker-${process.pid}`;
-const lockDuration = Number(env.LOCK_DURATION_MS ?? 1000);
+/** BullMQ's job lock: short, so that a killed worker's jobs are found stalled soon (looked for every half of it). */
+const lockDuration = 1000;
 
 /** A charge, keyed by its BullMQ job id; each `fail` flag fails the first attempt at that point. */
 export interface ChargeData {
@@ -141,7 +142,6 @@ async function main(): Promise<void> {
   class WorkerModule {}
 
   const app = await NestFactory.createApplicationContext(WorkerModule, { logger: ['error', 'warn'] });
-  await app.init();
   console.log('ready');
   process.once('SIGTERM', () => {
     void app
