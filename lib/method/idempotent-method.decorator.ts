@@ -84,6 +84,7 @@ export function IdempotentMethod(
       // per queue) would otherwise collide, one answering the other's job without running.
       return invokeIdempotent(this, wrapped, original as (...args: unknown[]) => unknown, args, {
         options,
+        method: propertyKey,
         where: `${classNameOf(this) ?? owner.name}.${method}`,
       });
     };

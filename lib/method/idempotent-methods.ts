@@ -22,19 +22,53 @@ import { scheduledTickOf, scheduleOf } from './scheduled-tick.js';
 const serviceOf = new WeakMap<object, IdempotencyService>();
 const running = new Set<IdempotencyService>();
 
+/**
+ * The binding passes of applications being initialised. Nest creates every provider
+ * before it runs any module's `onModuleInit`, and some modules start calling methods in
+ * theirs: BullModule starts its workers there, and a worker takes the jobs already
+ * waiting at once, maybe before IdempotencyModule's turn. Such a call waits for these.
+ */
+const bindings = new Set<Promise<void>>();
+
 /** Binds the providers with `@IdempotentMethod()` methods to this application's service, and checks them at start-up. */
 @Injectable()
 export class IdempotentMethods implements OnModuleInit, OnApplicationShutdown {
+  private readonly bound: Promise<void>;
+  private markBound!: () => void;
+
   constructor(
     private readonly discovery: DiscoveryService,
     private readonly scanner: MetadataScanner,
     private readonly service: IdempotencyService,
     private readonly store: IdempotencyStore,
     @Inject(MODULE_OPTIONS_TOKEN) private readonly moduleOptions: IdempotencyModuleOptions,
-  ) {}
+  ) {
+    this.bound = new Promise((resolve) => (this.markBound = resolve));
+    bindings.add(this.bound);
+  }
 
   onModuleInit(): void {
     running.add(this.service);
+    try {
+      this.bind();
+    } finally {
+      // Also when a check fails the boot: nothing may wait for this application then.
+      this.bindingDone();
+    }
+  }
+
+  onApplicationShutdown(): void {
+    // An application closed after another module failed its start never bound anything.
+    this.bindingDone();
+    running.delete(this.service);
+  }
+
+  private bindingDone(): void {
+    bindings.delete(this.bound);
+    this.markBound();
+  }
+
+  private bind(): void {
     for (const wrapper of [...this.discovery.getProviders(), ...this.discovery.getControllers()]) {
       const instance = wrapper.instance as object | undefined;
       const prototype = (wrapper.metatype as { prototype?: object } | undefined)?.prototype;
@@ -50,10 +84,6 @@ export class IdempotentMethods implements OnModuleInit, OnApplicationShutdown {
         serviceOf.set(instance, this.service);
       }
     }
-  }
-
-  onApplicationShutdown(): void {
-    running.delete(this.service);
   }
 
   /** The options a call will run with, checked now rather than on every call. */
@@ -100,15 +130,31 @@ function checkMethod(method: object, options: IdempotentMethodOptions, where: st
   );
 }
 
+/**
+ * The function that carries the method's schedule: the wrapper itself, or, when another
+ * decorator wraps it between `@Cron()` and `@IdempotentMethod()` (a tracing `@Span()`),
+ * the outer function that `@Cron()` decorated and the scheduler registered.
+ */
+function scheduledFunction(instance: object, wrapped: object, method: string | symbol): object {
+  if (scheduleOf(wrapped) !== undefined || !instance) return wrapped;
+  const registered: unknown = Reflect.get(instance, method);
+  return typeof registered === 'function' && scheduleOf(registered) !== undefined ? registered : wrapped;
+}
+
 /** @internal The body of every `@IdempotentMethod()` wrapper. */
 export async function invokeIdempotent(
   instance: object,
   wrapped: object,
   original: (...args: unknown[]) => unknown,
   args: unknown[],
-  { options, where }: { options: IdempotentMethodOptions; where: string },
+  { options, method, where }: { options: IdempotentMethodOptions; method: string | symbol; where: string },
 ): Promise<unknown> {
-  const service = (instance && serviceOf.get(instance)) ?? (running.size === 1 ? [...running][0] : undefined);
+  let service = instance ? serviceOf.get(instance) : undefined;
+  if (!service && bindings.size > 0) {
+    await Promise.all(bindings);
+    service = instance ? serviceOf.get(instance) : undefined;
+  }
+  service ??= running.size === 1 ? [...running][0] : undefined;
   if (!service) {
     throw new Error(
       running.size === 0
@@ -120,8 +166,9 @@ export async function invokeIdempotent(
     );
   }
   await service.ready();
-  const schedule = scheduleOf(wrapped);
-  const tick = options.key ? undefined : await scheduledTickOf(wrapped, Date.now());
+  const scheduled = scheduledFunction(instance, wrapped, method);
+  const schedule = scheduleOf(scheduled);
+  const tick = options.key ? undefined : await scheduledTickOf(scheduled, Date.now());
   const key = options.key ? await options.key(...args) : tick && new Date(tick.at).toISOString();
   if (key === undefined || key === null || key === '') {
     if (options.required === false) return original.apply(instance, args);

@@ -56,7 +56,7 @@ export async function scheduledTickOf(method: object, now: number): Promise<Sche
         timeZone?: string;
         utcOffset?: number;
       };
-      // A one-off date, as a Date or a Luxon DateTime (both allowed by @Cron): its own key.
+      // A one-off job (a Date, or a Luxon DateTime) has one tick: its date.
       if (cronTime instanceof Date) return { name, at: cronTime.getTime() };
       if (typeof cronTime !== 'string') return { name, at: cronTime.toMillis() };
       return { name, at: await latestCronTime(cronTime, timeZone, utcOffset, now) };
@@ -80,11 +80,11 @@ async function latestCronTime(
   const CronTime = await loadCronTime();
   if (!CronTime) return Math.floor(now / 1000) * 1000;
   const time = timeZone ? new CronTime(expression, timeZone) : new CronTime(expression, null, utcOffset ?? null);
-  // getNextDateFrom() reads the expression in the zone it is given, else in the process's
-  // own: not the job's. The job fires by its time zone or offset, so the ticks must be
-  // read in it too, or two ticks of one day could map to one key (and the second skip).
-  const zone = timeZone ?? (utcOffset === undefined ? undefined : offsetZone(utcOffset));
-  const nextAfter = (start: number) => time.getNextDateFrom(new Date(start), zone).toMillis();
+  // getNextDateFrom() computes in the zone it is given, not the CronTime's: without it, a
+  // job in another zone than the machine's would be keyed by the wrong wall clock, and two
+  // of its ticks (09:00 and 10:00 in New York on a UTC machine) could share one key.
+  const zone = timeZone ?? (utcOffset == null ? systemTimeZone() : offsetZone(utcOffset));
+  const nextAfter = (at: number) => time.getNextDateFrom(new Date(at), zone).toMillis();
   // Look back far enough to find one scheduled time, then walk forward to the last one.
   let at = NaN;
   for (let lookBack = 1000; !(at <= now); lookBack *= 2) {
@@ -92,18 +92,21 @@ async function latestCronTime(
     if (lookBack > 400 * 24 * 60 * 60 * 1000) return Math.floor(now / 1000) * 1000;
   }
   // Only forward: should the cron package ever not advance (a time-zone transition), stop.
-  for (let next = nextAfter(at); next <= now && next > at;) {
-    at = next;
-    next = nextAfter(at);
-  }
+  for (let next = nextAfter(at); next <= now && next > at; next = nextAfter(at)) at = next;
   return at;
 }
 
-/** A fixed offset in minutes as the zone name `cron` itself builds for it (`UTC+05:30`). */
+/** The zone a CronTime without a zone or an offset runs in (what its constructor picks). */
+function systemTimeZone(): string {
+  return Intl.DateTimeFormat().resolvedOptions().timeZone;
+}
+
+/** A UTC offset in minutes as the zone name the `cron` package makes of it ("UTC+05:30"). */
 function offsetZone(minutes: number): string {
   const sign = minutes < 0 ? '-' : '+';
-  const hours = String(Math.trunc(Math.abs(minutes) / 60)).padStart(2, '0');
-  return `UTC${sign}${hours}:${String(Math.abs(minutes) % 60).padStart(2, '0')}`;
+  const pad = (value: number) => String(value).padStart(2, '0');
+  const absolute = Math.abs(minutes);
+  return `UTC${sign}${pad(Math.trunc(absolute / 60))}:${pad(absolute % 60)}`;
 }
 
 /**
