@@ -20,6 +20,17 @@ export async function runInTransaction<T>(transaction: StoreTransaction, run: ()
   }
 }
 
+/**
+ * @internal Runs a lease-mode handler with no transaction in context, even when it is
+ * nested in a transactional execution (a `run()` inside another, an `@IdempotentMethod()`
+ * called by a transactional route): its record commits on its own, at once, so writes it
+ * made through the outer transaction would be undone by that transaction's rollback while
+ * its record stays completed, and every retry would replay it without the write.
+ */
+export function runOutsideTransaction<T>(run: () => Promise<T>): Promise<T> {
+  return current.getStore()?.transaction ? current.run({}, run) : run();
+}
+
 /** @internal The EntityManager of the running transactional execution, if any. */
 export function currentManager(): EntityManager | undefined {
   return current.getStore()?.transaction?.manager as EntityManager | undefined;

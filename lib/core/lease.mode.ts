@@ -4,6 +4,7 @@ import { describeError } from '../errors.js';
 import { type ResponsePayload, UnstorableResponseError } from '../storage/idempotency.store.js';
 import type { Execution, Outcome } from './execution.js';
 import { type Attempt, type ExecutionMode, type Flow, where } from './flow.js';
+import { runOutsideTransaction } from './idempotent-transaction.js';
 import type { StoredResponse } from './record.js';
 import { unreplayable } from './stored-response.js';
 
@@ -38,8 +39,9 @@ export class LeaseMode implements ExecutionMode {
     }
   }
 
+  /** Outside any transactional execution it is nested in: its writes are its own, as its record is. */
   runHandler<T>(_execution: Execution, handler: () => Promise<T>): Promise<T> {
-    return handler();
+    return runOutsideTransaction(handler);
   }
 
   /**

@@ -198,6 +198,36 @@ describe('IdempotencyService.run() and @IdempotentMethod()', () => {
     expect(await effectCount(db.pool, 'tx', key)).toBe(1);
   });
 
+  it('keeps a lease-mode operation nested in a transactional one out of the outer transaction', async () => {
+    // The inner record commits at once, while the outer transaction may still roll back. Had
+    // the inner operation written through the outer transaction, a rollback would undo its
+    // write and keep its completed record: every retry would replay it, and the write would
+    // be lost for good.
+    const transaction = context.get(IdempotentTransaction);
+    const outer = randomUUID();
+    const inner = randomUUID();
+    const attempt = () =>
+      service.run({ key: outer, name: 'order', transactional: true }, async () => {
+        await service.run({ key: inner, name: 'reserve' }, async () => {
+          await transaction.manager.query(EFFECT_INSERT, ['reserve', inner]);
+        });
+        throw new Error('the order failed after the reservation');
+      });
+    await expect(attempt()).rejects.toThrow(/No idempotency transaction here/);
+    await expect(attempt()).rejects.toThrow(/No idempotency transaction here/);
+    // Never a completed inner record whose write is gone.
+    expect(await service.find({ scope: '', method: 'call', route: 'reserve', key: inner })).toBeNull();
+    expect(await effectCount(db.pool, 'reserve', inner)).toBe(0);
+    const seen = await service.run({ key: randomUUID(), name: 'order', transactional: true }, async (manager) => {
+      const nested = await service.run({ key: randomUUID(), name: 'reserve' }, (...args: unknown[]) => ({
+        active: transaction.active,
+        handed: args[0] !== undefined,
+      }));
+      return { nested, outerStillActive: transaction.active && transaction.manager === manager };
+    });
+    expect(seen).toEqual({ nested: { active: false, handed: false }, outerStillActive: true });
+  });
+
   it('refuses keys, names and scopes that cannot identify an operation, and stores nothing', async () => {
     for (const options of [
       { key: '', name: 'x' },
