@@ -15,7 +15,7 @@ import { LeaseMode } from './lease.mode.js';
 import type { IdempotencyRecord, RecordIdentity, StoredResponse } from './record.js';
 import { ResponseCipher } from './response-cipher.js';
 import { type IdempotentRunOptions, operationOf } from './run-options.js';
-import { resultOf, storedResult } from './stored-response.js';
+import { resultOf, storedResult, unreplayable } from './stored-response.js';
 import { TransactionalMode } from './transactional.mode.js';
 
 /** Scopes longer than this are stored as their SHA-256, so that they fit the primary key's index entry. */
@@ -105,7 +105,7 @@ export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
     // Read inside the handler's context, where transactional mode put its transaction. Lease
     // mode hands none: an ambient one would be an enclosing request's transaction.
     const managed = async () => operation((routeOptions.transactional ? currentManager() : undefined)!);
-    return (await this.execute(outcome.execution, managed)) as Awaited<T>;
+    return (await this.execute(outcome.execution, managed, { returnUnstorable: true })) as Awaited<T>;
   }
 
   /**
@@ -147,8 +147,18 @@ export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
    * as stored, as every repeat will get it: a caller that works with a Date on the first
    * call and a string on a retry would fail only on the path least often tested. A result
    * too large to store is returned as it is (repeats get `ResponseNotReplayableError`).
+   *
+   * A result JSON cannot hold (a BigInt, a cycle) is the outcome of an operation that has
+   * run: with `returnUnstorable` (`run()`, whose caller takes the value as it is) it is
+   * returned, and the record completed as not replayable, as for a result over the size
+   * limit (in transactional mode the writes commit with it). Otherwise (a reply a transport
+   * would serialise as JSON, and fail to) the error is thrown, and the record abandoned.
    */
-  async execute(execution: Execution, handler: () => Promise<unknown>): Promise<unknown> {
+  async execute(
+    execution: Execution,
+    handler: () => Promise<unknown>,
+    { returnUnstorable = false }: { returnUnstorable?: boolean } = {},
+  ): Promise<unknown> {
     let result: unknown;
     try {
       result = await this.runHandler(execution, handler);
@@ -159,8 +169,13 @@ export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
     try {
       stored = storedResult(result, execution.options.maxResponseBytes);
     } catch (error) {
-      await this.abandon(execution, 200, `the result could not be serialised (${describeError(error)})`);
-      throw error;
+      const reason = `the result could not be serialised (${describeError(error)})`;
+      if (!returnUnstorable) {
+        await this.abandon(execution, 200, reason);
+        throw error;
+      }
+      this.logger.warn(`${where(execution)}: ${reason}; repeats get ResponseNotReplayableError.`);
+      stored = unreplayable(200, reason);
     }
     const answer = (await this.complete(execution, stored)) ?? stored;
     return answer.kind === 'unreplayable' ? result : resultOf(answer);

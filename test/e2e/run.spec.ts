@@ -14,6 +14,7 @@ import {
   InvalidIdempotencyInputError,
   MissingMethodKeyError,
   RequestInProgressError,
+  ResponseNotReplayableError,
 } from '../../lib/index.js';
 import { createTestDatabase, type TestDatabase } from '../support/database.js';
 import { createEffectsTable, EFFECT_INSERT, effectCount } from '../support/effects.js';
@@ -163,6 +164,25 @@ describe('IdempotencyService.run() and @IdempotentMethod()', () => {
     ).rejects.toThrow('the mail server said no');
     expect(await service.run({ key, name: 'flaky' }, () => 'second try')).toBe('second try');
     expect(await service.run({ key, name: 'flaky' }, () => 'third try')).toBe('second try');
+  });
+
+  it('returns a result JSON cannot hold to its caller, and answers repeats with ResponseNotReplayableError', async () => {
+    // The operation has run (in transactional mode, its writes commit): its caller gets its
+    // result, as with one over maxResultBytes, rather than an error for an effect that happened.
+    for (const transactional of [false, true]) {
+      const key = randomUUID();
+      const kind = `bigint-${transactional}`;
+      const count = async (manager?: EntityManager) => {
+        if (manager) await manager.query(EFFECT_INSERT, [kind, key]);
+        else await db.pool.query(EFFECT_INSERT, [kind, key]);
+        return { total: 12n };
+      };
+      expect(await service.run({ key, name: kind, transactional }, count)).toEqual({ total: 12n });
+      await expect(service.run({ key, name: kind, transactional }, count)).rejects.toBeInstanceOf(
+        ResponseNotReplayableError,
+      );
+      expect(await effectCount(db.pool, kind, key)).toBe(1);
+    }
   });
 
   it("answers a duplicate with RequestInProgressError in 'reject' mode while the first runs", async () => {
