@@ -86,6 +86,9 @@ function writeParts(parts: FingerprintParts, write: (chunk: string | Buffer) => 
  * apart: `-0`, and `Infinity`, `-Infinity`, `NaN` (a body's `1e400` parses as `Infinity`,
  * which must not fingerprint like `null`). The text is then not JSON, but it is only hashed.
  *
+ * A Map or a Set is refused rather than written as `{}` (a payload of `run()` or
+ * `@IdempotentMethod()` may be one; a parsed body never is).
+ *
  * Iterative, not recursive: the depth of a request body is the client's to choose, and a
  * body nested tens of thousands of levels deep must not overflow the stack.
  */
@@ -110,6 +113,13 @@ export function canonicalJson(root: unknown): string {
     else if (typeof value === 'bigint') throw new TypeError('Do not know how to serialize a BigInt');
     else {
       const holder = value as object;
+      if (holder instanceof Map || holder instanceof Set) {
+        // JSON writes {} whatever it holds: payloads that differ would compare equal.
+        throw new TypeError(
+          'A Map or Set has no JSON form (JSON.stringify writes {} whatever it holds), so payloads that ' +
+            'differ would compare equal: convert it first (Object.fromEntries(map), [...set]).',
+        );
+      }
       if (open.has(holder)) throw new TypeError('Converting circular structure to JSON');
       open.add(holder);
       const keys = Array.isArray(holder) ? null : Object.keys(holder).sort();

@@ -24,7 +24,8 @@ export interface IdempotentRunOptions extends Pick<
   /**
    * What must be the same for a repeat to get the stored result: a repeat under the same
    * key with another payload throws `IdempotencyKeyReuseError` instead of returning a
-   * result computed for other input. Compared by a keyed fingerprint of its canonical JSON.
+   * result computed for other input. Compared by a keyed fingerprint of its canonical JSON;
+   * a Map or a Set in it is refused (TypeError), since JSON writes `{}` whatever it holds.
    * @default nothing (the key alone decides)
    */
   payload?: unknown;

@@ -155,6 +155,18 @@ describe('IdempotencyService.run() and @IdempotentMethod()', () => {
     expect(await effectCount(db.pool, 'pay', key)).toBe(1);
   });
 
+  it('refuses a payload that JSON would write as {} whatever it holds (a Map), without running', async () => {
+    const key = randomUUID();
+    const pay = (cents: number) =>
+      service.run({ key, name: 'pay-map', payload: new Map([['cents', cents]]) }, async () => {
+        await effect('pay-map', key)();
+        return cents;
+      });
+    await expect(pay(5)).rejects.toThrow(/Map or Set/);
+    await expect(pay(500)).rejects.toThrow(/Map or Set/);
+    expect(await effectCount(db.pool, 'pay-map', key)).toBe(0);
+  });
+
   it('stores nothing when the operation throws: the next call runs it', async () => {
     const key = randomUUID();
     await expect(

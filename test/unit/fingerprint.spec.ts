@@ -71,6 +71,14 @@ describe('canonicalJson', () => {
   });
 
   // JSON.parse (hence Express's body parser) produces own "__proto__" members.
+  it('refuses a Map or a Set, which JSON writes as {} whatever it holds', () => {
+    // A payload of run() or @IdempotentMethod() is any value: two Maps with other contents
+    // must not compare equal (a repeat with another payload would get the first one's result).
+    expect(() => canonicalJson({ amount: new Map([['cents', 5]]) })).toThrow(/Map or Set/);
+    expect(() => canonicalJson([new Set([1])])).toThrow(/Map or Set/);
+    expect(() => canonicalJson(new Map())).toThrow(/Map or Set/);
+  });
+
   it('keeps a "__proto__" member of a parsed body', () => {
     const body = JSON.parse('{"__proto__":{"amount":1000},"to":"bob"}');
     expect(canonicalJson(body)).toBe('{"__proto__":{"amount":1000},"to":"bob"}');
