@@ -38,8 +38,8 @@ export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
   private fingerprinter?: Fingerprinter;
   private purgeTimer?: NodeJS.Timeout;
   private purging = false;
-  private started!: () => void;
-  private readonly startedPromise = new Promise<void>((resolve) => (this.started = resolve));
+  /** Reading the secret (and checking the tables), once: at init, or at the first call before it. */
+  private starting?: Promise<void>;
 
   constructor(
     private readonly store: IdempotencyStore,
@@ -53,21 +53,33 @@ export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
   }
 
   async onModuleInit(): Promise<void> {
-    await this.store.verify();
-    const given = this.moduleOptions.fingerprintSecret;
-    const [current, ...previous] = given === undefined ? [await this.store.sharedSecret()] : [given].flat();
-    this.fingerprinter = new Fingerprinter(current, previous);
+    await this.ready();
     const interval = this.moduleOptions.purgeIntervalMs;
     if (interval) {
       this.purgeTimer = setInterval(() => void this.purgeInBackground(), interval);
       this.purgeTimer.unref();
     }
-    this.started();
   }
 
-  /** @internal Resolves once the service can serve calls (its secret is read): for callers outside Nest's lifecycle. */
+  /**
+   * @internal Resolves once the service can serve calls (its secret is read). A call that
+   * comes before the application has initialised this module (the `onModuleInit` of a
+   * provider that Nest initialises first, a module compiled but not initialised) starts it
+   * here, rather than failing or waiting for an initialisation that waits for the call.
+   */
   ready(): Promise<void> {
-    return this.startedPromise;
+    this.starting ??= this.start().catch((error: unknown) => {
+      this.starting = undefined;
+      throw error;
+    });
+    return this.starting;
+  }
+
+  private async start(): Promise<void> {
+    await this.store.verify();
+    const given = this.moduleOptions.fingerprintSecret;
+    const [current, ...previous] = given === undefined ? [await this.store.sharedSecret()] : [given].flat();
+    this.fingerprinter = new Fingerprinter(current, previous);
   }
 
   async onApplicationShutdown(): Promise<void> {
@@ -121,6 +133,7 @@ export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
    * 'wait'`), or finds it completed. Throws 409, 422 or 503 problems.
    */
   async begin(options: ResolvedRouteOptions, identity: RecordIdentity, parts: FingerprintParts): Promise<Outcome> {
+    if (!this.fingerprinter) await this.ready();
     identity = { ...identity, scope: storedScope(identity.scope) };
     const fingerprints = this.fingerprinter!.of(parts);
     const now = Date.now();

@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
-import { Injectable, Module, type INestApplicationContext } from '@nestjs/common';
+import { Global, Injectable, Module, type INestApplicationContext, type OnModuleInit } from '@nestjs/common';
 import { Test } from '@nestjs/testing';
 import { TypeOrmModule } from '@nestjs/typeorm';
 import { randomUUID } from 'node:crypto';
@@ -275,6 +275,30 @@ describe('IdempotencyService.run() and @IdempotentMethod()', () => {
     expect(await effectCount(db.pool, 'invalid')).toBe(0);
     const { rows } = await db.pool.query("SELECT count(*)::int AS n FROM idempotency_keys WHERE route = 'x'");
     expect(rows[0].n).toBe(0);
+  });
+
+  it('serves run() called before the application has initialised the service', async () => {
+    // A provider of a global module listed before IdempotencyModule: its onModuleInit runs first.
+    const seeded: string[] = [];
+    @Injectable()
+    class Seeder implements OnModuleInit {
+      constructor(private readonly idempotency: IdempotencyService) {}
+      async onModuleInit(): Promise<void> {
+        seeded.push(await this.idempotency.run({ key: 'seed', name: 'seed' }, () => 'seeded'));
+      }
+    }
+    @Global()
+    @Module({ providers: [Seeder] })
+    class SeedModule {}
+    const { MemoryIdempotencyStore } = await import('../../lib/index.js');
+    @Module({ imports: [SeedModule, IdempotencyModule.forRoot({ store: MemoryIdempotencyStore })] })
+    class Root {}
+    const moduleRef = await Test.createTestingModule({ imports: [Root] }).compile();
+    // Also before init() at all: a test that forgot it, a script that only compiled the module.
+    expect(await moduleRef.get(IdempotencyService).run({ key: 'early', name: 'early' }, () => 'ran')).toBe('ran');
+    await moduleRef.init();
+    await moduleRef.close();
+    expect(seeded).toEqual(['seeded']);
   });
 
   describe('@IdempotentMethod()', () => {
