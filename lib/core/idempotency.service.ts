@@ -112,6 +112,13 @@ export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
     operation: (manager: EntityManager) => T | Promise<T>,
   ): Promise<Awaited<T>> {
     const { identity, routeOptions, payload } = operationOf(this.moduleOptions, options);
+    if (routeOptions.transactional && !this.store.supportsTransactions) {
+      // A configuration error, not an outage: never answered as one (store-unavailable, retry later).
+      throw new Error(
+        `IdempotencyService.run(${JSON.stringify(identity.route)}) is transactional, but ` +
+          `${this.store.constructor.name} has no transactions: transactional operations need the PostgreSQL store.`,
+      );
+    }
     const outcome = await this.begin(routeOptions, identity, { body: payload });
     if (outcome.kind === 'replay') return resultOf(outcome.response) as Awaited<T>;
     // Read inside the handler's context, where transactional mode put its transaction. Lease

@@ -8,6 +8,7 @@ import { DataSource, type EntityManager } from 'typeorm';
 import {
   IdempotencyKeyReuseError,
   IdempotencyModule,
+  IdempotencyStoreUnavailableError,
   IdempotencyService,
   IdempotentMethod,
   IdempotentTransaction,
@@ -299,6 +300,22 @@ describe('IdempotencyService.run() and @IdempotentMethod()', () => {
     await moduleRef.init();
     await moduleRef.close();
     expect(seeded).toEqual(['seeded']);
+  });
+
+  it('refuses a transactional run() on a store without transactions, rather than answer store-unavailable', async () => {
+    // A configuration error (the memory store of unit tests): not an outage to retry after a second.
+    const { MemoryIdempotencyStore } = await import('../../lib/index.js');
+    @Module({ imports: [IdempotencyModule.forRoot({ store: MemoryIdempotencyStore })] })
+    class MemoryRoot {}
+    const moduleRef = await Test.createTestingModule({ imports: [MemoryRoot] }).compile();
+    const memory = (await moduleRef.init()).get(IdempotencyService);
+    try {
+      const attempt = memory.run({ key: 'k', name: 'memory-tx', transactional: true }, () => 'ran');
+      await expect(attempt).rejects.toThrow(/MemoryIdempotencyStore has no transactions/);
+      await expect(attempt).rejects.not.toBeInstanceOf(IdempotencyStoreUnavailableError);
+    } finally {
+      await moduleRef.close();
+    }
   });
 
   describe('@IdempotentMethod()', () => {
