@@ -71,14 +71,17 @@ export class IdempotentMethods implements OnModuleInit, OnApplicationShutdown {
   private bind(): void {
     for (const wrapper of [...this.discovery.getProviders(), ...this.discovery.getControllers()]) {
       const instance = wrapper.instance as object | undefined;
-      const prototype = (wrapper.metatype as { prototype?: object } | undefined)?.prototype;
-      if (!instance || typeof instance !== 'object' || !prototype) continue;
+      // The instance's own prototype: also for providers made by a factory or given as a value,
+      // whose metatype is the factory (or nothing), not the class with the decorated methods.
+      const prototype = instance && typeof instance === 'object' ? (Object.getPrototypeOf(instance) as object) : null;
+      if (!instance || !prototype) continue;
+      const className = (instance.constructor as { name?: string } | undefined)?.name || String(wrapper.name);
       for (const name of this.scanner.getAllMethodNames(prototype)) {
         const method = (prototype as Record<string, unknown>)[name];
         if (typeof method !== 'function') continue;
         const options = Reflect.getMetadata(METHOD_METADATA, method) as IdempotentMethodOptions | undefined;
         if (!options) continue;
-        const where = `${(wrapper.metatype as { name: string }).name}.${name}`;
+        const where = `${className}.${name}`;
         checkMethod(method, options, where);
         this.checkOptions(options, where);
         serviceOf.set(instance, this.service);
@@ -97,6 +100,12 @@ export class IdempotentMethods implements OnModuleInit, OnApplicationShutdown {
       maxResponseBytes: maxResultBytes,
     });
     validateOptions(resolved, `@IdempotentMethod() on ${where}`);
+    // The module-wide default counts: a method may be transactional without saying so.
+    assertKeyedTransaction(
+      resolved.transactional && options.required === false,
+      `@IdempotentMethod() on ${where}`,
+      'call',
+    );
     if (name !== undefined) checkIdentityPart(name, 'name', `@IdempotentMethod() on ${where}`, false);
     if (resolved.transactional && !this.store.supportsTransactions) {
       throw new Error(
@@ -123,11 +132,6 @@ function checkMethod(method: object, options: IdempotentMethodOptions, where: st
   if (concurrency !== undefined && !['wait', 'reject', 'skip'].includes(concurrency)) {
     throw new Error(`@IdempotentMethod() on ${where}: "concurrency" must be 'wait', 'reject' or 'skip'.`);
   }
-  assertKeyedTransaction(
-    options.transactional === true && options.required === false,
-    `@IdempotentMethod() on ${where}`,
-    'call',
-  );
 }
 
 /**

@@ -406,6 +406,38 @@ describe('IdempotencyService.run() and @IdempotentMethod()', () => {
         /TransactionalOnMemory\.run is transactional, but MemoryIdempotencyStore has no transactions/,
       );
     });
+
+    it('checks providers made by a factory or given as a value, as it checks classes', async () => {
+      class Keyless {
+        @IdempotentMethod()
+        async run(): Promise<void> {}
+      }
+      @Module({ providers: [{ provide: 'BY_FACTORY', useFactory: () => new Keyless() }] })
+      class FactoryModule {}
+      await expect(bootWithMemoryStore(FactoryModule)).rejects.toThrow(/Keyless\.run: give it a "key"/);
+      @Module({ providers: [{ provide: 'BY_VALUE', useValue: new Keyless() }] })
+      class ValueModule {}
+      await expect(bootWithMemoryStore(ValueModule)).rejects.toThrow(/Keyless\.run: give it a "key"/);
+    });
+
+    it('refuses required: false on a method made transactional by the module-wide default', async () => {
+      @Injectable()
+      class Optional {
+        @IdempotentMethod({ key: () => undefined, required: false })
+        async run(): Promise<void> {}
+      }
+      @Module({
+        imports: [
+          TypeOrmModule.forRoot({ type: 'postgres', url: db.url }),
+          IdempotencyModule.forRoot({ fingerprintSecret: 'a test secret of enough bytes', transactional: true }),
+        ],
+        providers: [Optional],
+      })
+      class TransactionalByDefault {}
+      const moduleRef = await Test.createTestingModule({ imports: [TransactionalByDefault] }).compile();
+      await expect(moduleRef.init()).rejects.toThrow(/Optional\.run is transactional with required: false/);
+      await moduleRef.close().catch(() => undefined);
+    });
   });
 });
 
