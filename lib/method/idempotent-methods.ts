@@ -2,6 +2,7 @@ import { Injectable, type OnApplicationShutdown, type OnModuleInit } from '@nest
 import { DiscoveryService, MetadataScanner } from '@nestjs/core';
 import { IdempotencyService } from '../core/idempotency.service.js';
 import { MissingMethodKeyError, RequestInProgressError } from '../errors.js';
+import { runAsCall } from './current-call.js';
 import type { IdempotentMethodOptions } from './idempotent-method.decorator.js';
 import { scheduledTickOf, scheduleOf } from './scheduled-tick.js';
 
@@ -96,12 +97,15 @@ export async function invokeIdempotent(
     throw new MissingMethodKeyError(where);
   }
   const concurrency = options.concurrency ?? (schedule ? 'skip' : undefined);
+  const name = options.name ?? tick?.name ?? where;
+  const scope = options.scope ? await options.scope(...args) : '';
+  const call = { name, key, scope, ...(tick && { tick: new Date(tick.at) }) };
   try {
     return await service.run(
       {
         key,
-        name: options.name ?? tick?.name ?? where,
-        scope: options.scope ? await options.scope(...args) : '',
+        name,
+        scope,
         payload: options.payload?.(...args),
         transactional: options.transactional,
         concurrency: concurrency === 'skip' ? 'reject' : concurrency,
@@ -110,7 +114,7 @@ export async function invokeIdempotent(
         ttlMs: options.ttlMs,
         maxResultBytes: options.maxResultBytes,
       },
-      () => original.apply(instance, args),
+      () => runAsCall(call, () => original.apply(instance, args)),
     );
   } catch (error) {
     // Another call (on this or another instance) is running it: this one is the duplicate.
