@@ -1,0 +1,223 @@
+import { afterAll, afterEach, beforeAll, expect, it } from '@jest/globals';
+import { connect } from 'amqplib';
+import { randomBytes, randomUUID } from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { BROKER_URLS, describeWithBrokers } from '../support/brokers.js';
+import { Cluster, waitFor } from '../support/cluster.js';
+import { createTestDatabase, type TestDatabase } from '../support/database.js';
+import { post } from '../support/http.js';
+import type { SampleProcess } from '../support/sample-process.js';
+import { TcpProxy } from '../support/tcp-proxy.js';
+
+const describeBrokers = await describeWithBrokers(['rabbitmq']);
+
+/** Names unique to this run: other runs use the same brokers at the same time. */
+const RUN = 'sample-test-' + randomBytes(4).toString('hex');
+const QUEUE_OPTIONS = { durable: true };
+
+/** The lines of the instances' logs that match, with the first capture group of each. */
+function logged(instances: SampleProcess[], pattern: RegExp): string[] {
+  const global = new RegExp(pattern.source, 'g');
+  return instances.flatMap((instance) => [...instance.output().matchAll(global)].map((match) => match[1]));
+}
+
+/** Waits until the instances' logs show something. */
+function untilLogged(check: () => boolean, what: string, timeoutMs?: number): Promise<void> {
+  return waitFor(() => Promise.resolve(check()), what, timeoutMs);
+}
+
+function countsOf(values: string[]): Map<string, number> {
+  const counts = new Map<string, number>();
+  for (const value of values) counts.set(value, (counts.get(value) ?? 0) + 1);
+  return counts;
+}
+
+/** The same envelope as the outbox relay (Nest's RabbitMQ transport reads `{ pattern, data }`). */
+async function publish(queue: string, events: Array<{ messageId: string; data: unknown }>): Promise<void> {
+  const connection = await connect(BROKER_URLS.rabbitmq);
+  try {
+    const channel = await connection.createConfirmChannel();
+    await channel.assertQueue(queue, QUEUE_OPTIONS);
+    for (const { messageId, data } of events) {
+      const content = Buffer.from(JSON.stringify({ pattern: 'payment.succeeded', data }));
+      channel.sendToQueue(queue, content, { messageId, persistent: true, contentType: 'application/json' });
+    }
+    await channel.waitForConfirms();
+  } finally {
+    await connection.close();
+  }
+}
+
+async function deleteQueues(queues: string[]): Promise<void> {
+  const connection = await connect(BROKER_URLS.rabbitmq);
+  try {
+    const channel = await connection.createChannel();
+    for (const queue of queues) await channel.deleteQueue(queue);
+  } finally {
+    await connection.close();
+  }
+}
+
+/**
+ * The sample app's broker features on real processes and RabbitMQ: receipts once per
+ * payment whatever the deliveries.
+ * "Once" is counted three ways: rows, idempotency records, and the handlers' own log lines
+ * (each run logs one), since the unique constraints alone would hide a second run.
+ */
+describeBrokers('sample app with RabbitMQ', () => {
+  let db: TestDatabase;
+  const cluster = new Cluster(() => db);
+  const queues: string[] = [];
+
+  beforeAll(async () => {
+    db = await createTestDatabase();
+  });
+  afterEach(() => cluster.stopAll());
+  afterAll(async () => {
+    await deleteQueues(queues).catch(() => undefined);
+    await db?.drop();
+  });
+
+  const rows = async (sql: string, params: unknown[] = []) => (await db.pool.query(sql, params)).rows;
+  const receiptsPerPayment = async (user: string) =>
+    rows(
+      `SELECT p.id, count(r.id)::int AS receipts FROM payments p LEFT JOIN receipts r ON r.payment_id = p.id
+        WHERE p.user_id = $1 GROUP BY p.id`,
+      [user],
+    );
+  const consuming = (instances: SampleProcess[], queue: string, timeoutMs?: number) =>
+    untilLogged(
+      () => instances.every((instance) => instance.output().includes(`consuming "${queue}"`)),
+      'the consumers',
+      timeoutMs,
+    );
+  const WRITES = /payment\.succeeded (\S+): writing its receipt/;
+  const DUPLICATES = /payment\.succeeded (\S+): a duplicate, acknowledged/;
+
+  it('writes one receipt per payment with two instances consuming, and acknowledges republished events', async () => {
+    const queue = `${RUN}-receipts`;
+    queues.push(queue);
+    const instances = await cluster.startMany(2, { RABBITMQ_URL: BROKER_URLS.rabbitmq, RABBITMQ_QUEUE: queue });
+    await consuming(instances, queue);
+    const user = 'receipts-' + randomUUID().slice(0, 8);
+    const payments: Array<{ id: string; amount: number }> = [];
+    for (let i = 0; i < 20; i++) {
+      const key = randomUUID();
+      const body = { amount: 100 + i, currency: 'EUR' };
+      const first = await post(instances[i % 2].url, '/payments', { key, user, body });
+      // A retry on the other instance is replayed: no second payment, so no second event.
+      const retry = await post(instances[(i + 1) % 2].url, '/payments', { key, user, body });
+      expect([first.status, retry.status, retry.text]).toEqual([201, 201, first.text]);
+      payments.push(first.json);
+    }
+    const allReceipts = async () => (await receiptsPerPayment(user)).every((row) => row.receipts === 1);
+    await waitFor(allReceipts, 'a receipt for every payment', 20_000);
+
+    const event = (payment: { id: string; amount: number }) => ({
+      messageId: payment.id,
+      data: { paymentId: payment.id, userId: user, amount: payment.amount, currency: 'EUR' },
+    });
+    // Six copies of a new event at once: both idle consumers get some (RabbitMQ deals them
+    // round robin), so copies run in parallel on two processes. The payment row is made
+    // here, without an outbox row, so that no relay publishes it too.
+    const [{ id: parallelId }] = await rows(
+      "INSERT INTO payments (user_id, amount, currency, status) VALUES ($1, 700, 'EUR', 'succeeded') RETURNING id",
+      [user],
+    );
+    const parallel = event({ id: parallelId, amount: 700 });
+    await publish(queue, Array(6).fill(parallel));
+    await untilLogged(() => logged(instances, DUPLICATES).length === 5, 'the parallel copies to be settled');
+    // Every event published again, as a relay that died before deleting its outbox rows
+    // would; plus one with the right id and another amount, which must not pass as a repeat.
+    await publish(queue, payments.map(event));
+    const tampered = { ...event(payments[0]), data: { ...event(payments[0]).data, amount: 1 } };
+    await publish(queue, [tampered]);
+    await untilLogged(
+      () =>
+        logged(instances, DUPLICATES).length === 20 + 5 &&
+        logged(instances, /payment\.succeeded (\S+): rejected/).length === 1,
+      'the republished events to be settled',
+    );
+
+    const ids = [...payments.map((payment) => payment.id), parallelId];
+    expect((await receiptsPerPayment(user)).map((row) => row.receipts)).toEqual(Array(21).fill(1));
+    const writes = countsOf(logged(instances, WRITES));
+    expect(ids.map((id) => writes.get(id))).toEqual(Array(21).fill(1));
+    const duplicates = countsOf(logged(instances, DUPLICATES));
+    expect(ids.map((id) => duplicates.get(id))).toEqual([...Array(20).fill(1), 5]);
+    // The parallel copies reached both processes: the guard held across them, not only within one.
+    for (const instance of instances) {
+      expect(logged([instance], new RegExp(`payment\\.succeeded (${parallelId}): `)).length).toBeGreaterThan(0);
+    }
+    const records = await rows(
+      `SELECT status, count(*)::int AS n FROM idempotency_keys WHERE method = 'event' AND route = 'payment.succeeded'
+          AND idempotency_key = ANY($1) GROUP BY status`,
+      [ids],
+    );
+    expect(records).toEqual([{ status: 'completed', n: 21 }]);
+    expect(await rows('SELECT * FROM outbox')).toEqual([]);
+    const output = instances.map((instance) => instance.output()).join('');
+    expect(output).not.toMatch(/requeued|duplicate key value|ERROR \[(?!Receipts\])/);
+  });
+
+  it('takes payments at full speed while RabbitMQ is unreachable, then delivers their events once', async () => {
+    const queue = `${RUN}-outage`;
+    queues.push(queue);
+    const proxy = await TcpProxy.start(BROKER_URLS.rabbitmq);
+    try {
+      proxy.down();
+      const instances = await cluster.startMany(2, {
+        RABBITMQ_URL: proxy.url(BROKER_URLS.rabbitmq),
+        RABBITMQ_QUEUE: queue,
+      });
+      const user = 'outage-' + randomUUID().slice(0, 8);
+      const payments: Array<{ id: string; amount: number }> = [];
+      const latencies: number[] = [];
+      for (let i = 0; i < 10; i++) {
+        const started = performance.now();
+        const response = await post(instances[i % 2].url, '/payments', {
+          key: randomUUID(),
+          user,
+          body: { amount: 500 + i, currency: 'USD' },
+        });
+        latencies.push(performance.now() - started);
+        expect(response.status).toBe(201);
+        payments.push(response.json);
+      }
+      // The request writes its event to the outbox, in its own transaction; it never waits for the broker.
+      expect(Math.max(...latencies)).toBeLessThan(1000);
+      expect((await rows('SELECT count(*)::int AS n FROM outbox'))[0].n).toBe(10);
+      await untilLogged(
+        () => logged(instances, /(cannot publish payment events)/).length > 0,
+        'the relay to report the outage',
+      );
+
+      // Six more copies of the first payment's event, published directly: when the broker
+      // comes back, they and the relay's own copy are delivered at once.
+      const [first] = payments;
+      const copy = {
+        messageId: first.id,
+        data: { paymentId: first.id, userId: user, amount: first.amount, currency: 'USD' },
+      };
+      await publish(queue, Array(6).fill(copy));
+      await sleep(1000);
+      proxy.up();
+      await consuming(instances, queue, 20_000);
+      await waitFor(
+        async () =>
+          (await receiptsPerPayment(user)).every((row) => row.receipts === 1) &&
+          logged(instances, DUPLICATES).length === 6,
+        'every receipt, and the copies acknowledged',
+        20_000,
+      );
+      expect((await receiptsPerPayment(user)).map((row) => row.receipts)).toEqual(Array(10).fill(1));
+      const writes = countsOf(logged(instances, WRITES));
+      expect(payments.map((payment) => writes.get(payment.id))).toEqual(Array(10).fill(1));
+      expect(countsOf(logged(instances, DUPLICATES))).toEqual(new Map([[first.id, 6]]));
+      expect(await rows('SELECT * FROM outbox')).toEqual([]);
+      console.log(`payments while RabbitMQ was down: slowest ${Math.round(Math.max(...latencies))} ms`);
+    } finally {
+      await proxy.close();
+    }
+  });
+});
