@@ -14,10 +14,10 @@ export interface BrokerFeatures {
 
 /**
  * Their modules are imported only when their broker is configured, so that without
- * RABBITMQ_URL nothing of theirs loads, connects or logs beyond one line.
+ * RABBITMQ_URL and REDIS_URL nothing of theirs loads, connects or logs beyond one line.
  */
 export async function loadBrokerFeatures(config: SampleConfig, logger: Logger): Promise<BrokerFeatures> {
-  const { messaging } = config;
+  const { messaging, settlements } = config;
   const imports: DynamicModule[] = [];
   const off: string[] = [];
   let microservice: RmqOptions | undefined;
@@ -29,6 +29,13 @@ export async function loadBrokerFeatures(config: SampleConfig, logger: Logger): 
     logger.log(`payment events: published to and consumed from RabbitMQ queue "${messaging.queue}"`);
   } else {
     off.push('RABBITMQ_URL is unset: no payment events, no receipts');
+  }
+  if (settlements) {
+    const { SettlementsModule } = await import('./settlements/settlements.module.js');
+    imports.push(SettlementsModule.forRoot(settlements));
+    logger.log(`settlements: one per ${settlements.intervalMs} ms through BullMQ (prefix "${settlements.prefix}")`);
+  } else {
+    off.push('REDIS_URL is unset: no settlements');
   }
   if (off.length) logger.log(off.join('; '));
   return {

@@ -10,7 +10,7 @@ import { startEmbeddedDatabase } from './embedded-database.js';
 /**
  * The sample payments API. Env: PORT (default 3000), DATABASE_URL (when unset, an
  * embedded PostgreSQL keeps its data under .data/), PROVIDER_LATENCY_MS (default 0);
- * optional: RABBITMQ_URL (payment events and receipts), see config.ts.
+ * optional: RABBITMQ_URL (payment events and receipts), REDIS_URL (settlements), see config.ts.
  */
 async function bootstrap(): Promise<void> {
   const logger = new Logger('SampleApp');

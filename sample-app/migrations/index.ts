@@ -1,6 +1,7 @@
 import { idempotencyMigrations } from '../../lib/index.js';
 import { CreateSampleTables1764288000001 } from './1764288000001-create-sample-tables.js';
 import { CreateReceiptsAndOutbox1796083200000 } from './1796083200000-create-receipts-and-outbox.js';
+import { CreateSettlements1796083200001 } from './1796083200001-create-settlements.js';
 
 /**
  * The sample app's migrations, in order: the library's, added like any other of an
@@ -11,4 +12,5 @@ export const sampleMigrations = [
   ...idempotencyMigrations,
   CreateSampleTables1764288000001,
   CreateReceiptsAndOutbox1796083200000,
+  CreateSettlements1796083200001,
 ];

@@ -1,5 +1,6 @@
 import { afterAll, afterEach, beforeAll, expect, it } from '@jest/globals';
 import { connect } from 'amqplib';
+import { Queue } from 'bullmq';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { BROKER_URLS, describeWithBrokers } from '../support/brokers.js';
@@ -9,7 +10,7 @@ import { post } from '../support/http.js';
 import type { SampleProcess } from '../support/sample-process.js';
 import { TcpProxy } from '../support/tcp-proxy.js';
 
-const describeBrokers = await describeWithBrokers(['rabbitmq']);
+const describeBrokers = await describeWithBrokers(['rabbitmq', 'redis']);
 
 /** Names unique to this run: other runs use the same brokers at the same time. */
 const RUN = 'sample-test-' + randomBytes(4).toString('hex');
@@ -59,12 +60,12 @@ async function deleteQueues(queues: string[]): Promise<void> {
 }
 
 /**
- * The sample app's broker features on real processes and RabbitMQ: receipts once per
- * payment whatever the deliveries.
+ * The sample app's broker features on real processes, RabbitMQ and Redis: receipts once
+ * per payment whatever the deliveries, settlements once per tick whatever the instances.
  * "Once" is counted three ways: rows, idempotency records, and the handlers' own log lines
  * (each run logs one), since the unique constraints alone would hide a second run.
  */
-describeBrokers('sample app with RabbitMQ', () => {
+describeBrokers('sample app with RabbitMQ and Redis', () => {
   let db: TestDatabase;
   const cluster = new Cluster(() => db);
   const queues: string[] = [];
@@ -220,4 +221,74 @@ describeBrokers('sample app with RabbitMQ', () => {
       await proxy.close();
     }
   });
+
+  it('settles each tick once with three instances ticking every 500 ms', async () => {
+    const prefix = `${RUN}-bull`;
+    const env = { REDIS_URL: BROKER_URLS.redis, BULLMQ_PREFIX: prefix, SETTLEMENT_INTERVAL_MS: '500' };
+    const queue = new Queue('settlement', { connection: { url: BROKER_URLS.redis }, prefix });
+    try {
+      const instances = await cluster.startMany(3, env);
+      const from = Date.now();
+      await sleep(4000);
+      await cluster.stopAll();
+      const to = Date.now();
+      // The tick's guard: each tick enqueued by one instance, though all three fire in every window.
+      const enqueued = countsOf(logged(instances, /tick (\S+): job \S+ enqueued/));
+      expect([...enqueued.values()]).toEqual(Array(enqueued.size).fill(1));
+
+      // A job enqueued just before the instances stopped is settled by a fresh one, whose
+      // own first tick is an hour away.
+      const drainer = await cluster.start({ ...env, SETTLEMENT_INTERVAL_MS: String(60 * 60 * 1000) });
+      const settlements = async () =>
+        (await rows('SELECT tick, job_id FROM settlements ORDER BY tick')).map((row) => ({
+          tick: (row.tick as Date).toISOString(),
+          jobId: row.job_id as string,
+        }));
+      const settledTicks = async () => new Set((await settlements()).map((row) => row.tick));
+      await waitFor(
+        async () => {
+          const ticks = await settledTicks();
+          return [...enqueued.keys()].every((tick) => ticks.has(tick));
+        },
+        'every enqueued tick settled',
+        80_000,
+      );
+      const settled = await settlements();
+      for (const { tick, jobId } of settled) {
+        // Each tick is its window's start, and its job's id is derived from it.
+        expect(Date.parse(tick) % 500).toBe(0);
+        expect(jobId).toBe(`settlement-${Date.parse(tick)}`);
+      }
+      const all = [...instances, drainer];
+      // The job's guard: one run of the processor per job, counted by its own log line.
+      const runs = countsOf(logged(all, /job (\S+): settling tick/));
+      expect(settled.map(({ jobId }) => runs.get(jobId))).toEqual(Array(settled.length).fill(1));
+      // Three instances leave hardly a window without a tick.
+      const windows = Math.floor((to - from) / 500);
+      expect(settled.length).toBeGreaterThanOrEqual(windows - 3);
+      console.log(
+        `settlements: ${settled.length} ticks settled, ${enqueued.size} enqueue lines, in ${to - from} ms ` +
+          `(${windows} windows) over 3 instances, each tick enqueued once and each job run once`,
+      );
+
+      // A settled job run again (as BullMQ does for a stalled one) returns its stored result, writing nothing.
+      const { jobId } = settled[0];
+      const job = (await queue.getJob(jobId))!;
+      const result = job.returnvalue as unknown;
+      await job.retry('completed');
+      await waitFor(
+        async () => (await (await queue.getJob(jobId))?.getState()) === 'completed',
+        'the job to run again',
+      );
+      expect((await queue.getJob(jobId))!.returnvalue).toEqual(result);
+      expect(logged(all, /job (\S+): settling tick/).filter((id) => id === jobId)).toHaveLength(1);
+      expect(await settlements()).toEqual(settled);
+    } finally {
+      await cluster.stopAll();
+      await queue.obliterate({ force: true }).catch(() => undefined);
+      await queue.close();
+    }
+    // Three processes start slowly on a busy machine, and a job cut off by a shutdown that
+    // took too long is run again only once BullMQ finds it stalled (its lock lasts 30 s).
+  }, 150_000);
 });
