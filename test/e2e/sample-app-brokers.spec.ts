@@ -185,8 +185,9 @@ describeBrokers('sample app with RabbitMQ and Redis', () => {
         expect(response.status).toBe(201);
         payments.push(response.json);
       }
-      // The request writes its event to the outbox, in its own transaction; it never waits for the broker.
-      expect(Math.max(...latencies)).toBeLessThan(1000);
+      // The request writes its event to the outbox, in its own transaction; it never waits for
+      // the broker, which would take the relay's 5 s connect time-out at least (or for ever).
+      expect(Math.max(...latencies)).toBeLessThan(3000);
       expect((await rows('SELECT count(*)::int AS n FROM outbox'))[0].n).toBe(10);
       await untilLogged(
         () => logged(instances, /(cannot publish payment events)/).length > 0,
@@ -229,6 +230,7 @@ describeBrokers('sample app with RabbitMQ and Redis', () => {
     // Its calls fail on their own; an 'error' event without a listener would end the run.
     queue.on('error', () => undefined);
     try {
+      const started = Date.now();
       const instances = await cluster.startMany(3, env);
       const from = Date.now();
       await sleep(4000);
@@ -241,6 +243,7 @@ describeBrokers('sample app with RabbitMQ and Redis', () => {
       // A job enqueued just before the instances stopped is settled by a fresh one, whose
       // own first tick is an hour away.
       const drainer = await cluster.start({ ...env, SETTLEMENT_INTERVAL_MS: String(60 * 60 * 1000) });
+      const draining = Date.now();
       const settlements = async () =>
         (await rows('SELECT tick, job_id FROM settlements ORDER BY tick')).map((row) => ({
           tick: (row.tick as Date).toISOString(),
@@ -256,6 +259,7 @@ describeBrokers('sample app with RabbitMQ and Redis', () => {
         80_000,
       );
       const settled = await settlements();
+      const drained = Date.now();
       for (const { tick, jobId } of settled) {
         // Each tick is its window's start, and its job's id is derived from it.
         expect(Date.parse(tick) % 500).toBe(0);
@@ -270,7 +274,8 @@ describeBrokers('sample app with RabbitMQ and Redis', () => {
       expect(settled.length).toBeGreaterThanOrEqual(windows - 3);
       console.log(
         `settlements: ${settled.length} ticks settled, ${enqueued.size} enqueue lines, in ${to - from} ms ` +
-          `(${windows} windows) over 3 instances, each tick enqueued once and each job run once`,
+          `(${windows} windows) over 3 instances, each tick enqueued once and each job run once ` +
+          `(start-up ${from - started} ms, drain ${drained - draining} ms)`,
       );
 
       // A settled job run again (as BullMQ does for a stalled one) returns its stored result, writing nothing.
