@@ -5,6 +5,7 @@ export { IdempotentManager, IdempotentTransaction } from './core/idempotent-tran
 export { IdempotencyService } from './core/idempotency.service.js';
 export type { IdempotentRunOptions } from './core/run-options.js';
 export { IdempotentMethod, type IdempotentMethodOptions } from './method/idempotent-method.decorator.js';
+export { currentIdempotentCall, type IdempotentCall } from './method/current-call.js';
 export { IdempotencyInterceptor, REPLAYED_HEADER } from './http/idempotency.interceptor.js';
 export { IdempotencyExceptionFilter } from './http/idempotency.filter.js';
 export {

@@ -15,7 +15,8 @@ import { ProblemFilter } from './problem.filter.js';
 
 @Module({})
 export class AppModule {
-  static forRoot(config: SampleConfig): DynamicModule {
+  /** `brokerModules`: the optional features that `loadBrokerFeatures()` loaded (see brokers.ts). */
+  static forRoot(config: SampleConfig, brokerModules: DynamicModule[] = []): DynamicModule {
     return {
       module: AppModule,
       imports: [
@@ -23,6 +24,8 @@ export class AppModule {
           type: 'postgres',
           url: config.databaseUrl,
           entities: [Payment, Email],
+          // The broker features register their own entities (TypeOrmModule.forFeature).
+          autoLoadEntities: true,
           // The library's migration is added like any other of the application's.
           migrations: sampleMigrations,
           migrationsRun: true,
@@ -38,6 +41,7 @@ export class AppModule {
           ttlMs: config.ttlMs,
           purgeIntervalMs: 10 * 60 * 1000,
         }),
+        ...brokerModules,
       ],
       controllers: [PaymentsController, EmailsController, PaymentIntentsController, HealthController],
       providers: [

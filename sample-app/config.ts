@@ -10,6 +10,26 @@ export interface SampleConfig {
   waitTimeoutMs?: number;
   /** How long completed keys are replayed. */
   ttlMs?: number;
+  /** Payment events and receipts over RabbitMQ; off when RABBITMQ_URL is unset. */
+  messaging?: MessagingConfig;
+  /** Scheduled settlements through a BullMQ queue on Redis; off when REDIS_URL is unset. */
+  settlements?: SettlementsConfig;
+}
+
+export interface MessagingConfig {
+  /** `RABBITMQ_URL`, e.g. amqp://guest:guest@127.0.0.1:5672. */
+  url: string;
+  /** `RABBITMQ_QUEUE`: the queue that payment events are published to and consumed from. */
+  queue: string;
+}
+
+export interface SettlementsConfig {
+  /** `REDIS_URL`, e.g. redis://127.0.0.1:6379. */
+  redisUrl: string;
+  /** `BULLMQ_PREFIX`: the prefix of the queue's Redis keys, so that apps sharing a Redis stay apart. */
+  prefix: string;
+  /** `SETTLEMENT_INTERVAL_MS`: one settlement per interval, across all instances. */
+  intervalMs: number;
 }
 
 export function numberFromEnv(name: string, fallback?: number): number | undefined {
@@ -27,8 +47,29 @@ export function configFromEnv(databaseUrl: string): SampleConfig {
     leaseMs: numberFromEnv('IDEMPOTENCY_LEASE_MS'),
     waitTimeoutMs: numberFromEnv('IDEMPOTENCY_WAIT_TIMEOUT_MS'),
     ttlMs: numberFromEnv('IDEMPOTENCY_TTL_MS'),
+    messaging: process.env.RABBITMQ_URL
+      ? { url: process.env.RABBITMQ_URL, queue: process.env.RABBITMQ_QUEUE || 'sample-app.payment-events' }
+      : undefined,
+    settlements: process.env.REDIS_URL
+      ? {
+          redisUrl: process.env.REDIS_URL,
+          prefix: process.env.BULLMQ_PREFIX || 'sample-app',
+          intervalMs: settlementIntervalFromEnv(),
+        }
+      : undefined,
   };
+}
+
+/** `SETTLEMENT_INTERVAL_MS`, default a minute; below 100 ms a tick would be mostly overhead. */
+export function settlementIntervalFromEnv(): number {
+  const intervalMs = numberFromEnv('SETTLEMENT_INTERVAL_MS', 60_000)!;
+  if (!Number.isInteger(intervalMs) || intervalMs < 100) {
+    throw new Error(`SETTLEMENT_INTERVAL_MS must be a whole number of milliseconds, at least 100; got ${intervalMs}`);
+  }
+  return intervalMs;
 }
 
 /** Provider token of the config inside the app. */
 export const SAMPLE_CONFIG = Symbol('SAMPLE_CONFIG');
+/** Provider token of the RabbitMQ settings inside the payment events' module. */
+export const MESSAGING_CONFIG = Symbol('MESSAGING_CONFIG');

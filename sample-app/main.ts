@@ -3,12 +3,14 @@ import { Logger } from '@nestjs/common';
 import type { Server } from 'node:http';
 import { NestFactory } from '@nestjs/core';
 import { AppModule } from './app.module.js';
+import { loadBrokerFeatures } from './brokers.js';
 import { configFromEnv, numberFromEnv } from './config.js';
 import { startEmbeddedDatabase } from './embedded-database.js';
 
 /**
  * The sample payments API. Env: PORT (default 3000), DATABASE_URL (when unset, an
- * embedded PostgreSQL keeps its data under .data/), PROVIDER_LATENCY_MS (default 0).
+ * embedded PostgreSQL keeps its data under .data/), PROVIDER_LATENCY_MS (default 0);
+ * optional: RABBITMQ_URL (payment events and receipts), REDIS_URL (settlements), see config.ts.
  */
 async function bootstrap(): Promise<void> {
   const logger = new Logger('SampleApp');
@@ -21,12 +23,16 @@ async function bootstrap(): Promise<void> {
     databaseUrl = embedded.url;
     stopDatabase = () => embedded.stop();
   }
-  const app = await NestFactory.create(AppModule.forRoot(configFromEnv(databaseUrl)));
+  const config = configFromEnv(databaseUrl);
+  const brokers = await loadBrokerFeatures(config, logger);
+  const app = await NestFactory.create(AppModule.forRoot(config, brokers.imports));
+  brokers.connect(app);
   const port = numberFromEnv('PORT', 3000)!;
   await app.listen(port);
   const address = (app.getHttpServer() as Server).address();
   // Tests start the app with PORT=0 and read the port from this line.
   logger.log(`listening on port ${typeof address === 'object' && address ? address.port : port}`);
+  brokers.start(app);
   const stop = async () => {
     await app.close();
     await stopDatabase();

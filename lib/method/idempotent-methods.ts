@@ -7,6 +7,7 @@ import { MODULE_OPTIONS_TOKEN } from '../idempotency.module-definition.js';
 import type { IdempotencyModuleOptions } from '../idempotency.options.js';
 import { assertKeyedTransaction, resolveRouteOptions, validateOptions } from '../options-resolution.js';
 import { IdempotencyStore } from '../storage/idempotency.store.js';
+import { runAsCall } from './current-call.js';
 import type { IdempotentMethodOptions } from './idempotent-method.decorator.js';
 import { METHOD_METADATA } from './method-metadata.js';
 import { scheduledTickOf, scheduleOf } from './scheduled-tick.js';
@@ -180,14 +181,17 @@ export async function invokeIdempotent(
   }
   const concurrency = options.concurrency ?? (schedule ? 'skip' : undefined);
   let ran = false;
+  // A scheduled task's own name is unique only within its application; Class.method keeps
+  // two applications that share a database from sharing a task's ticks.
+  const name = options.name ?? where;
+  const scope = options.scope ? await options.scope(...args) : '';
+  const call = { name, key, scope, ...(tick && { tick: new Date(tick.at) }) };
   try {
     return await service.run(
       {
         key,
-        // A scheduled task's own name is unique only within its application; Class.method
-        // keeps two applications that share a database from sharing a task's ticks.
-        name: options.name ?? where,
-        scope: options.scope ? await options.scope(...args) : '',
+        name,
+        scope,
         payload: options.payload?.(...args),
         transactional: options.transactional,
         concurrency: concurrency === 'skip' ? 'reject' : concurrency,
@@ -198,7 +202,7 @@ export async function invokeIdempotent(
       },
       () => {
         ran = true;
-        return original.apply(instance, args);
+        return runAsCall(call, () => original.apply(instance, args));
       },
     );
   } catch (error) {

@@ -1,9 +1,10 @@
-import { Body, Controller, HttpException, Inject, Post, UseGuards } from '@nestjs/common';
+import { Body, Controller, HttpException, Inject, Optional, Post, UseGuards } from '@nestjs/common';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { EntityManager } from 'typeorm';
 import { Idempotent, IdempotentManager } from '../../lib/index.js';
 import { CallerGuard, CallerId } from '../caller.guard.js';
 import { SAMPLE_CONFIG, type SampleConfig } from '../config.js';
+import { PaymentEvents } from '../payment-events/payment-events.js';
 import { type CreatePayment, CreatePaymentPipe } from './create-payment.pipe.js';
 import { Payment, paymentView } from './payment.entity.js';
 
@@ -14,7 +15,11 @@ export const PROVIDER_ERROR_CARD = '4000000000000119';
 @Controller('payments')
 @UseGuards(CallerGuard)
 export class PaymentsController {
-  constructor(@Inject(SAMPLE_CONFIG) private readonly config: SampleConfig) {}
+  constructor(
+    @Inject(SAMPLE_CONFIG) private readonly config: SampleConfig,
+    /** Present when RABBITMQ_URL is set. */
+    @Optional() private readonly events?: PaymentEvents,
+  ) {}
 
   /**
    * Transactional: the payment row and the stored response commit together, or neither
@@ -65,6 +70,8 @@ export class PaymentsController {
         status: 'succeeded',
       }),
     );
+    // In the same transaction: the event exists if and only if the payment does.
+    await this.events?.succeeded(manager, payment);
     await this.callProvider();
     return paymentView(payment);
   }

@@ -1,11 +1,14 @@
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { Global, Injectable, Module, type INestApplicationContext, type OnModuleInit } from '@nestjs/common';
+import { Interval } from '@nestjs/schedule';
 import { Test } from '@nestjs/testing';
 import { TypeOrmModule } from '@nestjs/typeorm';
 import { randomUUID } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { DataSource, type EntityManager } from 'typeorm';
 import {
+  currentIdempotentCall,
+  type IdempotentCall,
   IdempotencyKeyReuseError,
   IdempotencyModule,
   IdempotencyStoreUnavailableError,
@@ -49,6 +52,26 @@ class Billing {
     if (ledgerKey) await this.idempotency.run({ key: ledgerKey, name: 'ledger' }, () => 'posted');
     await sleep(100);
     return 'settled';
+  }
+
+  /** What each run saw as its call: at its start, and after sleeping past its tick's window. */
+  readonly reports: Array<{ atStart?: IdempotentCall; afterSleep?: IdempotentCall; windowAfterSleep: number }> = [];
+
+  @IdempotentMethod()
+  @Interval('report', 100)
+  async report(): Promise<void> {
+    const atStart = currentIdempotentCall();
+    await sleep(150);
+    this.reports.push({
+      atStart,
+      afterSleep: currentIdempotentCall(),
+      windowAfterSleep: Math.floor(Date.now() / 100) * 100,
+    });
+  }
+
+  @IdempotentMethod({ key: (invoice: { id: string }) => invoice.id, name: 'invoice', scope: () => 'tenant-1' })
+  async whoAmI(_invoice: { id: string }): Promise<IdempotentCall | undefined> {
+    return Promise.resolve(currentIdempotentCall());
   }
 
   @IdempotentMethod({ key: () => undefined })
@@ -368,6 +391,28 @@ describe('IdempotencyService.run() and @IdempotentMethod()', () => {
         [job.id],
       );
       expect(rows).toEqual([{ route: 'EmailWorker.handle' }, { route: 'InvoiceWorker.handle' }]);
+    });
+
+    it('tells the running method the tick it was claimed for, however long it runs', async () => {
+      await billing.report();
+      const [{ atStart, afterSleep, windowAfterSleep }] = billing.reports;
+      expect(atStart).toEqual({
+        name: 'Billing.report',
+        key: atStart!.tick!.toISOString(),
+        scope: '',
+        tick: expect.any(Date),
+      });
+      expect(afterSleep).toEqual(atStart);
+      // The clock, read again after the sleep, is in a later tick than the claimed one.
+      expect(windowAfterSleep).toBeGreaterThan(atStart!.tick!.getTime());
+      const record = await db.pool.query("SELECT idempotency_key FROM idempotency_keys WHERE route = 'Billing.report'");
+      expect(record.rows).toEqual([{ idempotency_key: atStart!.key }]);
+      expect(currentIdempotentCall()).toBeUndefined();
+    });
+
+    it('tells a keyed method its key, name and scope (and no tick)', async () => {
+      const id = randomUUID();
+      expect(await billing.whoAmI({ id })).toEqual({ name: 'invoice', key: id, scope: 'tenant-1' });
     });
 
     it('refuses a call without a key, unless the method says required: false', async () => {
