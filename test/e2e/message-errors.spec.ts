@@ -15,7 +15,7 @@ let runs = 0;
 @Controller()
 class QuotesController {
   @MessagePattern('quote')
-  @Idempotent({ key: (data: { id: string }) => data.id })
+  @Idempotent({ key: (data: { id: string }) => data.id, concurrency: 'reject' })
   async quote(data: { id: string; amount: number }) {
     runs++;
     await sleep(300);
