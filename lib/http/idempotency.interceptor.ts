@@ -75,7 +75,9 @@ export class IdempotencyInterceptor implements NestInterceptor {
       const parts = fingerprintParts(request, options);
       if (key === undefined) {
         // Derived: the same request of the same caller is the same operation for the window.
-        key = this.service.derivedKey(parts);
+        // The query is always part of it, whatever the fingerprint options: a key the client
+        // did not choose must not make `?amount=5` and `?amount=500` one operation.
+        key = this.service.derivedKey({ ...parts, query: request.query });
         options = { ...options, ttlMs: deriveWindowMs! };
       }
       const outcome = await this.service.begin(options, { scope, method: request.method, route: path, key }, parts);

@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
-import { Body, Controller, Module, Post } from '@nestjs/common';
+import { Body, Controller, Module, Post, Query } from '@nestjs/common';
 import { Test } from '@nestjs/testing';
 import { randomUUID } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -18,6 +18,13 @@ class FormsController {
   async subscribe(@Body() body: { email: string; run: string }) {
     await sleep(50);
     return { email: body.email, run: ran(body.run) };
+  }
+
+  // The query is left out of the fingerprint here, but never out of a derived key.
+  @Post('donate')
+  @Idempotent({ derive: { windowMs: WINDOW_MS }, fingerprint: { query: false } })
+  donate(@Body() body: { run: string }, @Query('amount') amount: string) {
+    return { amount, run: ran(body.run) };
   }
 }
 
@@ -78,6 +85,16 @@ describe.each(PLATFORMS)('keys derived from the request (%s)', (platform) => {
     const later = await submit({ email: 'w@example.com', run });
     expect(later.headers.get('idempotent-replayed')).toBeNull();
     expect(runs.get(run)).toBe(2);
+  });
+
+  it('keeps the query in a derived key, even where the fingerprint leaves it out', async () => {
+    const run = randomUUID();
+    const small = await post(running.url, '/forms/donate?amount=5', { body: { run }, user: 'alice' });
+    const large = await post(running.url, '/forms/donate?amount=500', { body: { run }, user: 'alice' });
+    expect([small.json, large.json]).toEqual([
+      { amount: '5', run: 1 },
+      { amount: '500', run: 2 },
+    ]);
   });
 
   it('lets a key the client sends win over the derived one', async () => {
