@@ -60,6 +60,12 @@ async function main(): Promise<void> {
       { name: 'transactional: first', path: '/tx/payments', keys: () => ({ kind: 'fresh' }) },
       { name: 'lease: replay', path: '/lease/payments', keys: () => ({ kind: 'cycle', keys: keys.lease }) },
       { name: 'transactional: replay', path: '/tx/payments', keys: () => ({ kind: 'cycle', keys: keys.tx }) },
+      // Every connection on one key ('wait' mode): replays must not queue behind one another.
+      {
+        name: 'transactional: replay, one hot key',
+        path: '/tx/payments',
+        keys: () => ({ kind: 'cycle', keys: keys.tx.slice(0, 1) }),
+      },
     ];
     const bursts: Variant[] = [
       {

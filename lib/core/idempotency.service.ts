@@ -147,12 +147,18 @@ export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
     const waiting = options.concurrency === 'wait';
     const waitUntil = now + (waiting ? options.waitTimeoutMs : 0);
     const acquireBy = now + options.waitTimeoutMs;
-    const leave = waiting
-      ? await this.queue.enter(JSON.stringify(identity), waitUntil, options.retryAfterSeconds)
-      : () => {};
-    const attempt: Attempt = { identity, fingerprints, options, waitUntil, acquireBy, leave };
+    const attempt: Attempt = { identity, fingerprints, options, waitUntil, acquireBy, leave: () => {} };
+    // Replays (and 422s) first, before the per-key queue: a completed record needs no turn,
+    // so replays of one hot key never wait for one another.
+    const answered = await this.answerFromCompleted(attempt);
+    if (answered) return answered;
+    const mode = this.modeOf(options);
+    if (!waiting) return mode.begin(attempt);
+    const { leave, waited } = await this.queue.enter(JSON.stringify(identity), waitUntil, options.retryAfterSeconds);
+    attempt.leave = leave;
     try {
-      const outcome = (await this.answerFromCompleted(attempt)) ?? (await this.modeOf(options).begin(attempt));
+      // Behind another request for this key, which has most likely completed it meanwhile.
+      const outcome = (waited ? await this.answerFromCompleted(attempt) : undefined) ?? (await mode.begin(attempt));
       if (outcome.kind !== 'execute') leave();
       return outcome;
     } catch (error) {

@@ -11,9 +11,14 @@ export class KeyQueue {
 
   /**
    * Waits until every earlier request for `key` has left, or throws 409 at `deadline`.
-   * Returns the function that lets the next one in; call it exactly once.
+   * Returns the function that lets the next one in (call it exactly once), and whether
+   * another request was ahead.
    */
-  async enter(key: string, deadline: number, retryAfterSeconds: number): Promise<() => void> {
+  async enter(
+    key: string,
+    deadline: number,
+    retryAfterSeconds: number,
+  ): Promise<{ leave: () => void; waited: boolean }> {
     const ahead = this.tails.get(key);
     let leave!: () => void;
     const mine = new Promise<void>((resolve) => (leave = resolve));
@@ -31,7 +36,7 @@ export class KeyQueue {
       release();
       throw new RequestInProgressError(retryAfterSeconds);
     }
-    return release;
+    return { leave: release, waited: ahead !== undefined };
   }
 }
 
