@@ -6,6 +6,7 @@ import {
 } from '../idempotency.options.js';
 import { resolveRouteOptions, validateOptions } from '../options-resolution.js';
 import type { RecordIdentity } from './record.js';
+import { isStorableText } from './storable-text.js';
 
 /** What `IdempotencyService.run()` is told about one operation. */
 export interface IdempotentRunOptions extends Pick<
@@ -69,7 +70,7 @@ export function checkIdentityPart(value: unknown, what: string, where: string, e
       ? `must be a string, got ${value === null ? 'null' : typeof value}`
       : value === '' && !emptyAllowed
         ? 'must not be empty'
-        : value.includes('\0') || !value.isWellFormed()
+        : !isStorableText(value)
           ? 'must not contain NUL or lone surrogates'
           : Buffer.byteLength(value, 'utf8') > MAX_IDENTITY_PART_BYTES
             ? `must be at most ${MAX_IDENTITY_PART_BYTES} bytes of UTF-8`

@@ -2,6 +2,7 @@ import { HttpException, StreamableFile } from '@nestjs/common';
 import { Readable } from 'node:stream';
 import { ResponseNotReplayableError } from '../errors.js';
 import type { StoredResponse } from './record.js';
+import { isStorableText } from './storable-text.js';
 
 /**
  * Turns what a handler returned into a StoredResponse, and a StoredResponse back into
@@ -156,9 +157,9 @@ export function unreplayable(status: number, reason: string): StoredResponse {
 
 /** JSONB text cannot hold NUL or lone surrogates: such strings are kept as base64 of their UTF-8. */
 function encodeText(text: string): Pick<StoredResponse, 'body' | 'encoding'> {
-  return text.includes('\0') || !text.isWellFormed()
-    ? { body: Buffer.from(text, 'utf8').toString('base64'), encoding: 'base64' }
-    : { body: text, encoding: 'utf8' };
+  return isStorableText(text)
+    ? { body: text, encoding: 'utf8' }
+    : { body: Buffer.from(text, 'utf8').toString('base64'), encoding: 'base64' };
 }
 
 function decode(stored: StoredResponse): Buffer {

@@ -9,6 +9,7 @@ import {
 import type { FingerprintParts } from '../core/fingerprint.js';
 import type { ResolvedRouteOptions } from '../idempotency.options.js';
 import { parseIdempotencyKey } from './request-identity.js';
+import { isStorableText } from '../core/storable-text.js';
 
 /** The parts of an HTTP request the library reads; Express and Fastify requests both have them. */
 export interface IncomingRequest {
@@ -83,9 +84,8 @@ export async function resolveScope(
     );
     throw new UnresolvedScopeError();
   }
-  // PostgreSQL text holds neither NUL nor lone surrogates (which the driver would turn into
-  // U+FFFD, so that "caf\ud800" and "caf\ufffd" would be one caller): refuse, never merge.
-  if (scope.includes('\0') || !scope.isWellFormed()) {
+  // A scope the store would not keep exactly could merge two callers into one: refuse it.
+  if (!isStorableText(scope)) {
     logger.error(
       `${where}: the scope resolver returned a string with NUL or a lone surrogate, which cannot be stored faithfully.`,
     );
