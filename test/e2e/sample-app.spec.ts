@@ -1,8 +1,8 @@
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { randomUUID } from 'node:crypto';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { createTestDatabase, type TestDatabase } from '../support/database.js';
 import { type HttpResult, post, send } from '../support/http.js';
+import { waitFor } from '../support/cluster.js';
 import { type SampleProcess, startSampleApp } from '../support/sample-process.js';
 
 const LATENCY_MS = 150;
@@ -157,7 +157,9 @@ describe('sample app contract', () => {
     const key = randomUUID();
     const body = { to: 'someone@example.com', subject: 'Your receipt' };
     const first = post(base, '/emails', { key, user: caller, body });
-    await sleep(LATENCY_MS / 3);
+    // Sent once the first request holds the key: a fixed pause let a loaded machine deliver
+    // the duplicate first, which then ran and left the 409 to the original.
+    await waitFor(async () => (await records(key)).length > 0, 'the first request to claim its key');
     const duplicate = await post(base, '/emails', { key, user: caller, body });
     expectProblem(duplicate, 409);
     expect(duplicate.headers.get('retry-after')).toBe('1');
