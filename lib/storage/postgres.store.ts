@@ -23,18 +23,45 @@ import {
   SQL_SHARED_SECRET,
   SQL_VERIFY,
 } from './postgres/sql.js';
-import { claimFast, claimUnderLock, completeOn, identityParameters, toRecord } from './postgres/statements.js';
+import { GroupCommit } from './postgres/group-commit.js';
+import {
+  claimFast,
+  claimFastMany,
+  claimUnderLock,
+  type Completion,
+  completeMany,
+  completeOn,
+  identityKey,
+  identityParameters,
+  responseText,
+  toRecord,
+} from './postgres/statements.js';
 import { PostgresStoreTransaction } from './postgres/transaction.js';
 
 export { IDEMPOTENCY_TABLE } from './postgres/sql.js';
 
 /**
+ * One statement of each kind in flight at a time: concurrent ones wait for it and then go
+ * together, which is what makes the groups form under load.
+ */
+const GROUP_LIMITS = { maxInFlight: 1, maxSize: 100 };
+
+function earliest(requests: readonly ClaimRequest[]): number | undefined {
+  const deadlines = requests.flatMap((request) => (request.deadline === undefined ? [] : [request.deadline]));
+  return deadlines.length > 0 ? Math.min(...deadlines) : undefined;
+}
+
+/**
  * The PostgreSQL store: records in the `idempotency_keys` table, on the application's
- * TypeORM DataSource. It talks to the DataSource's node-postgres pool directly: one
- * pooled query per operation, without a TypeORM QueryRunner per call.
+ * TypeORM DataSource. It talks to the DataSource's node-postgres pool directly, without a
+ * TypeORM QueryRunner per call. Lease-mode claims and completions that arrive together share
+ * a statement (group commit); a transactional request's own statements take two round trips.
  */
 export class PostgresIdempotencyStore extends IdempotencyStore {
   private readonly pool: Pool;
+  /** Lease-mode claims' fast path and completions, each a statement per group of concurrent ones. */
+  private readonly claims: GroupCommit<ClaimRequest, ClaimResult | undefined>;
+  private readonly completions: GroupCommit<Completion, boolean>;
 
   constructor(private readonly dataSource: DataSource) {
     super();
@@ -48,10 +75,23 @@ export class PostgresIdempotencyStore extends IdempotencyStore {
     // TypeOrmModule does before any provider that injects it is created.
     this.pool = (dataSource.driver as unknown as { master: Pool }).master;
     guardClients(this.pool);
+    this.claims = new GroupCommit({
+      one: (request) => this.withClient(request.deadline, (client) => claimFast(client, request)),
+      // The group waits for a connection until the earliest of its deadlines.
+      many: (requests) => this.withClient(earliest(requests), (client) => claimFastMany(client, requests)),
+      identity: (request) => identityKey(request.identity),
+      ...GROUP_LIMITS,
+    });
+    this.completions = new GroupCommit({
+      one: (completion) => completeOn(this.pool, completion),
+      many: (completions) => completeMany(this.pool, completions),
+      identity: (completion) => identityKey(completion.identity),
+      ...GROUP_LIMITS,
+    });
   }
 
   async claim(request: ClaimRequest): Promise<ClaimResult> {
-    const fast = await this.withClient(request.deadline, (client) => claimFast(client, request));
+    const fast = await this.claims.run(request);
     if (fast) return fast;
     return this.withClient(request.deadline, async (client) => {
       // A row lock held for long (a stalled transaction) fails the claim instead of hanging it.
@@ -77,14 +117,12 @@ export class PostgresIdempotencyStore extends IdempotencyStore {
       if (!(error instanceof PoolTimeoutError)) await runner.release();
       throw error;
     }
-    const transaction = new PostgresStoreTransaction(runner, client);
+    // BEGIN travels with the claim, in the transaction's first round trip.
+    const { isolationLevel } = this.dataSource.options as { isolationLevel?: string };
     try {
-      // START TRANSACTION through TypeORM, so that the handler's own
-      // manager.transaction() calls nest as savepoints inside ours.
-      await runner.startTransaction();
-      return transaction;
+      return new PostgresStoreTransaction(runner, client, isolationLevel);
     } catch (error) {
-      await transaction.rollback();
+      await runner.release();
       throw error;
     }
   }
@@ -117,7 +155,7 @@ export class PostgresIdempotencyStore extends IdempotencyStore {
     response: ResponsePayload,
     ttlMs: number,
   ): Promise<boolean> {
-    return completeOn(this.pool, identity, ownerToken, response, ttlMs);
+    return this.completions.run({ identity, ownerToken, text: responseText(response), ttlMs });
   }
 
   async release(identity: RecordIdentity, ownerToken: string): Promise<boolean> {

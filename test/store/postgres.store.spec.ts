@@ -3,6 +3,7 @@ import { randomUUID } from 'node:crypto';
 import type pg from 'pg';
 import { DataSource } from 'typeorm';
 import { PostgresIdempotencyStore, type RecordIdentity } from '../../lib/index.js';
+import { UnstorableResponseError } from '../../lib/storage/idempotency.store.js';
 import { createTestDatabase, type TestDatabase } from '../support/database.js';
 import { describeStoreContract } from './store.contract.js';
 import { HOUR, identity, request, RESPONSE, won } from './store.fixtures.js';
@@ -221,6 +222,88 @@ describe('the database enforces the state machine, whatever SQL runs', () => {
     expect(won(await store.claim(successor)).ownerToken).toBe(successor.ownerToken);
     const reclaimed = await expired();
     expect(won(await store.claim(request(reclaimed, { fingerprint: 'fp-other' }))).fingerprint).toBe('fp-other');
+  });
+});
+
+describe('group commit: concurrent lease-mode claims and completions share statements', () => {
+  /** Counts the connections the store takes from its pool: one per statement of a claim or completion. */
+  function countStatements(): { readonly count: number; stop(): void } {
+    const pool = (dataSource.driver as unknown as { master: pg.Pool }).master;
+    const counter = { count: 0, stop: () => void pool.removeListener('acquire', onAcquire) };
+    const onAcquire = () => counter.count++;
+    pool.on('acquire', onAcquire);
+    return counter;
+  }
+
+  it('gives each of many concurrent claims its own outcome, one winner per key, in a few statements', async () => {
+    const ids = Array.from({ length: 40 }, () => identity());
+    const first = ids.map((id) => request(id));
+    const duplicates = ids.slice(0, 10).map((id) => request(id, { fingerprint: 'fp-duplicate' }));
+    const statements = countStatements();
+    const results = await Promise.all([...first, ...duplicates].map((claim) => store.claim(claim)));
+    statements.stop();
+    // Sent together, they go as one statement for the first, one group for the rest, and
+    // the duplicates (never in a group with their key) in the groups after it.
+    expect(statements.count).toBeLessThanOrEqual(4);
+    for (const [i, id] of ids.entries()) {
+      const outcomes = results.filter((_, j) => [...first, ...duplicates][j].identity === id);
+      expect(outcomes.filter((outcome) => outcome.claimed)).toHaveLength(1);
+      const record = await store.find(id);
+      expect(record).toMatchObject({
+        status: 'in_progress',
+        ownerToken: first[i].ownerToken,
+        fingerprint: 'fp-original',
+      });
+    }
+    for (const i of duplicates.keys()) {
+      const outcome = results[first.length + i];
+      expect(outcome.claimed ? null : outcome.observed.record.ownerToken).toBe(first[i].ownerToken);
+    }
+  });
+
+  it('fails only the claim the database refuses, not the others of its group', async () => {
+    const good = Array.from({ length: 10 }, () => request(identity()));
+    // Over the table's key length limit: a CHECK violation that fails its whole statement.
+    const bad = request({ ...identity(), key: 'k'.repeat(1025) });
+    const settled = await Promise.allSettled(
+      [...good, bad, ...good.map(() => request(identity()))].map((c) => store.claim(c)),
+    );
+    expect(settled.filter((outcome) => outcome.status === 'rejected')).toEqual([
+      { status: 'rejected', reason: expect.objectContaining({ code: '23514' }) },
+    ]);
+    for (const claim of good) expect((await store.find(claim.identity))?.ownerToken).toBe(claim.ownerToken);
+    expect(await store.find(bad.identity)).toBeNull();
+  });
+
+  it('completes concurrent records each with its own response, fencing out a wrong owner and refusing an unstorable one alone', async () => {
+    const claims = Array.from({ length: 20 }, () => request(identity()));
+    for (const claim of claims) won(await store.claim(claim));
+    const response = (i: number) => ({ ...RESPONSE, body: JSON.stringify({ i }) });
+    // jsonb cannot hold \u0000: PostgreSQL refuses the statement that carries it.
+    const unstorable = { ...RESPONSE, body: 'nul \u0000 here' };
+    const outcomes = await Promise.allSettled(
+      claims.map((claim, i) =>
+        store.complete(
+          claim.identity,
+          i === 3 ? randomUUID() : claim.ownerToken,
+          i === 5 ? unstorable : response(i),
+          HOUR,
+        ),
+      ),
+    );
+    for (const [i, claim] of claims.entries()) {
+      const record = await store.find(claim.identity);
+      if (i === 3) {
+        expect(outcomes[i]).toEqual({ status: 'fulfilled', value: false });
+        expect(record?.status).toBe('in_progress');
+      } else if (i === 5) {
+        expect(outcomes[i]).toMatchObject({ status: 'rejected', reason: expect.any(UnstorableResponseError) });
+        expect(record?.status).toBe('in_progress');
+      } else {
+        expect(outcomes[i]).toEqual({ status: 'fulfilled', value: true });
+        expect(record).toMatchObject({ status: 'completed', response: response(i) });
+      }
+    }
   });
 });
 
