@@ -23,7 +23,7 @@ import {
   SQL_SHARED_SECRET,
   SQL_VERIFY,
 } from './postgres/sql.js';
-import { GroupCommit } from './postgres/group-commit.js';
+import { GroupedStatements } from './postgres/grouped-statements.js';
 import {
   claimFast,
   claimFastMany,
@@ -31,7 +31,9 @@ import {
   type Completion,
   completeMany,
   completeOn,
+  findMany,
   identityKey,
+  type Lookup,
   identityParameters,
   responseText,
   toRecord,
@@ -46,7 +48,7 @@ export { IDEMPOTENCY_TABLE } from './postgres/sql.js';
  */
 const GROUP_LIMITS = { maxInFlight: 1, maxSize: 100 };
 
-function earliest(requests: readonly ClaimRequest[]): number | undefined {
+function earliest(requests: readonly { deadline?: number }[]): number | undefined {
   const deadlines = requests.flatMap((request) => (request.deadline === undefined ? [] : [request.deadline]));
   return deadlines.length > 0 ? Math.min(...deadlines) : undefined;
 }
@@ -59,9 +61,11 @@ function earliest(requests: readonly ClaimRequest[]): number | undefined {
  */
 export class PostgresIdempotencyStore extends IdempotencyStore {
   private readonly pool: Pool;
-  /** Lease-mode claims' fast path and completions, each a statement per group of concurrent ones. */
-  private readonly claims: GroupCommit<ClaimRequest, ClaimResult | undefined>;
-  private readonly completions: GroupCommit<Completion, boolean>;
+  /** Lease-mode claims' fast path and completions, a statement per group of concurrent ones. */
+  private readonly claims: GroupedStatements<ClaimRequest, ClaimResult | undefined>;
+  private readonly completions: GroupedStatements<Completion, boolean>;
+  /** Look-ups (replays, before a transactional claim), a statement per group of concurrent ones. */
+  private readonly finds: GroupedStatements<Lookup, IdempotencyRecord | null>;
 
   constructor(private readonly dataSource: DataSource) {
     super();
@@ -75,14 +79,24 @@ export class PostgresIdempotencyStore extends IdempotencyStore {
     // TypeOrmModule does before any provider that injects it is created.
     this.pool = (dataSource.driver as unknown as { master: Pool }).master;
     guardClients(this.pool);
-    this.claims = new GroupCommit({
+    this.claims = new GroupedStatements({
       one: (request) => this.withClient(request.deadline, (client) => claimFast(client, request)),
       // The group waits for a connection until the earliest of its deadlines.
+      // Claims of one key share a statement too (replays of a hot key must not queue): it tells the winner.
       many: (requests) => this.withClient(earliest(requests), (client) => claimFastMany(client, requests)),
-      identity: (request) => identityKey(request.identity),
       ...GROUP_LIMITS,
     });
-    this.completions = new GroupCommit({
+    this.finds = new GroupedStatements({
+      one: async ({ identity, deadline }) => {
+        const { rows } = await this.withClient(deadline, (client) =>
+          client.query(SQL_FIND, identityParameters(identity)),
+        );
+        return rows[0] ? toRecord(rows[0]) : null;
+      },
+      many: (lookups) => this.withClient(earliest(lookups), (client) => findMany(client, lookups)),
+      ...GROUP_LIMITS,
+    });
+    this.completions = new GroupedStatements({
       one: (completion) => completeOn(this.pool, completion),
       many: (completions) => completeMany(this.pool, completions),
       identity: (completion) => identityKey(completion.identity),
@@ -168,12 +182,8 @@ export class PostgresIdempotencyStore extends IdempotencyStore {
     return rowCount === 1;
   }
 
-  async find(identity: RecordIdentity, deadline?: number): Promise<IdempotencyRecord | null> {
-    const { rows } =
-      deadline === undefined
-        ? await this.pool.query(SQL_FIND, identityParameters(identity))
-        : await this.withClient(deadline, (client) => client.query(SQL_FIND, identityParameters(identity)));
-    return rows[0] ? toRecord(rows[0]) : null;
+  find(identity: RecordIdentity, deadline?: number): Promise<IdempotencyRecord | null> {
+    return this.finds.run({ identity, deadline });
   }
 
   async sharedSecret(): Promise<Buffer> {

@@ -21,11 +21,24 @@ export function literal(value: unknown): string {
   return value.includes('\\') ? `E'${quoted.replaceAll('\\', '\\\\')}'` : `'${quoted}'`;
 }
 
-/** A parameterised statement with its $n placeholders replaced by the values' literals. */
+/** Statements split at their placeholders, once each: they are a handful of constants. */
+const templates = new Map<string, { texts: string[]; slots: number[] }>();
+
+/** A parameterised statement (one of the store's constants) with its $n placeholders replaced by the values' literals. */
 export function inline(sql: string, values: readonly unknown[]): string {
-  return sql.replace(/\$(\d+)/g, (_, n: string) => {
-    const index = Number(n) - 1;
-    if (index >= values.length) throw new RangeError(`no value for $${n}`);
-    return literal(values[index]);
-  });
+  let template = templates.get(sql);
+  if (!template) {
+    const pieces = sql.split(/\$(\d+)/);
+    template = {
+      texts: pieces.filter((_, i) => i % 2 === 0),
+      slots: pieces.filter((_, i) => i % 2 === 1).map((n) => Number(n) - 1),
+    };
+    templates.set(sql, template);
+  }
+  let text = template.texts[0];
+  for (const [i, slot] of template.slots.entries()) {
+    if (slot >= values.length) throw new RangeError(`no value for $${slot + 1}`);
+    text += literal(values[slot]) + template.texts[i + 1];
+  }
+  return text;
 }

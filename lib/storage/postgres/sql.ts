@@ -44,27 +44,30 @@ UNION ALL
 SELECT false, k.*, ${EXPIRED}, ${LEASE_LAPSED} FROM existing k`;
 
 /**
- * Group commit of lease-mode claims: the fast path for many identities in one statement
- * (one round trip, one commit). $1..$8 are arrays, one element per claim; the caller sends
- * each identity at most once. Inserted in primary-key order, so that two batches with keys
- * in common wait for each other in the same order, never in a cycle.
+ * Group commit of lease-mode claims: the fast path for many claims in one statement (one
+ * round trip, one commit). $1..$8 are arrays, one element per claim, in arrival order.
+ * Where several claims share an identity, only the first is inserted (the others then see
+ * it held); rows are inserted in primary-key order, so that two groups with keys in common
+ * wait for each other in the same order, never in a cycle.
  */
 export const SQL_CLAIM_BATCH = `
 WITH input AS (
   SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::uuid[], $7::float8[], $8::float8[])
-    AS i(scope, method, route, idempotency_key, fingerprint, owner_token, lease_ms, ttl_ms)
+    WITH ORDINALITY AS i(scope, method, route, idempotency_key, fingerprint, owner_token, lease_ms, ttl_ms, arrival)
 ),
 existing AS (
-  SELECT k.* FROM ${IDEMPOTENCY_TABLE} k JOIN input i USING (scope, method, route, idempotency_key)
+  SELECT k.* FROM ${IDEMPOTENCY_TABLE} k
+  WHERE (k.scope, k.method, k.route, k.idempotency_key) IN (SELECT scope, method, route, idempotency_key FROM input)
 ),
 inserted AS (
   INSERT INTO ${IDEMPOTENCY_TABLE} AS k
     (scope, method, route, idempotency_key, fingerprint, status, owner_token, locked_until, expires_at, created_at)
-  SELECT i.scope, i.method, i.route, i.idempotency_key, i.fingerprint, 'in_progress', i.owner_token,
+  SELECT DISTINCT ON (i.scope, i.method, i.route, i.idempotency_key)
+         i.scope, i.method, i.route, i.idempotency_key, i.fingerprint, 'in_progress', i.owner_token,
          ${NOW} + i.lease_ms ${MS}, ${NOW} + i.ttl_ms ${MS}, ${NOW}
   FROM input i
   WHERE NOT EXISTS (SELECT 1 FROM existing e WHERE (e.scope, e.method, e.route, e.idempotency_key) = (i.scope, i.method, i.route, i.idempotency_key))
-  ORDER BY i.scope, i.method, i.route, i.idempotency_key
+  ORDER BY i.scope, i.method, i.route, i.idempotency_key, i.arrival
   ON CONFLICT (scope, method, route, idempotency_key) DO NOTHING
   RETURNING k.*
 )
@@ -176,6 +179,12 @@ WHERE ${IDENTITY} AND k.status = 'in_progress' AND k.owner_token = $5 AND NOT ${
 
 /** Look-up of a live record. */
 export const SQL_FIND = `SELECT k.* FROM ${IDEMPOTENCY_TABLE} k WHERE ${IDENTITY} AND NOT ${EXPIRED}`;
+
+/** Look-ups of several live records in one statement (arrays of identities; one may come more than once). */
+export const SQL_FIND_BATCH = `
+SELECT k.* FROM ${IDEMPOTENCY_TABLE} k
+WHERE (k.scope, k.method, k.route, k.idempotency_key) IN (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]))
+  AND NOT ${EXPIRED}`;
 
 /**
  * One purge batch, oldest expiry first through the expires_at index. SKIP LOCKED: rows a

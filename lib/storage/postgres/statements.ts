@@ -13,6 +13,7 @@ import {
   SQL_COMPLETE,
   SQL_COMPLETE_BATCH,
   SQL_EXAMINE_FOR_UPDATE,
+  SQL_FIND_BATCH,
   SQL_INSERT,
   SQL_RECLAIM,
   UNSTORABLE,
@@ -54,7 +55,11 @@ export function fastClaimResult(row: KeyRow | undefined): ClaimResult | undefine
   return observed.expired || observed.leaseLapsed ? undefined : { claimed: false, observed };
 }
 
-/** The fast path for several claims of distinct identities in one statement (group commit), results in their order. */
+/**
+ * The fast path for several claims in one statement (group commit), results in their
+ * order. Of claims that share an identity, the one whose owner token the inserted row
+ * carries has won; the others see that row, held by another.
+ */
 export async function claimFastMany(
   db: Queryable,
   requests: readonly ClaimRequest[],
@@ -62,7 +67,11 @@ export async function claimFastMany(
   const columns = transpose(requests.map(claimParameters), 8);
   const { rows } = await db.query(SQL_CLAIM_BATCH, columns);
   const byIdentity = new Map(rows.map((row) => [identityKey(recordIdentity(row)), row]));
-  return requests.map((request) => fastClaimResult(byIdentity.get(identityKey(request.identity))));
+  return requests.map((request) => {
+    const row = byIdentity.get(identityKey(request.identity));
+    if (!row?.claimed || row.owner_token === request.ownerToken) return fastClaimResult(row);
+    return { claimed: false, observed: { record: toRecord(row), expired: false, leaseLapsed: false } };
+  });
 }
 
 /**
@@ -140,6 +149,23 @@ export function responseText(response: ResponsePayload): string {
 export function unstorableOrSelf(error: unknown): unknown {
   const code = (error as { code?: string }).code;
   return code && UNSTORABLE.has(code) ? new UnstorableResponseError((error as Error).message) : error;
+}
+
+/** A look-up of the live record of `identity`; `deadline` bounds waiting for a connection. */
+export interface Lookup {
+  identity: RecordIdentity;
+  deadline?: number;
+}
+
+/** Several look-ups in one statement, results in their order (null where there is no live record). */
+export async function findMany(db: Queryable, lookups: readonly Lookup[]): Promise<(IdempotencyRecord | null)[]> {
+  const columns = transpose(
+    lookups.map(({ identity }) => identityParameters(identity)),
+    4,
+  );
+  const { rows } = await db.query(SQL_FIND_BATCH, columns);
+  const byIdentity = new Map(rows.map((row) => [identityKey(recordIdentity(row)), toRecord(row)]));
+  return lookups.map(({ identity }) => byIdentity.get(identityKey(identity)) ?? null);
 }
 
 /** One string per identity, for matching rows to requests. */

@@ -1,17 +1,19 @@
 /**
- * Group commit for one kind of statement (lease-mode claims, completions). An operation
- * that arrives while an earlier one of its kind is in flight waits for it, and then goes
- * to PostgreSQL together with every other that arrived meanwhile, as one statement: one
- * round trip and one commit for all of them, each still getting its own outcome. Alone,
+ * Group commit for one kind of statement (lease-mode claims, completions, look-ups). An
+ * operation that arrives while an earlier one of its kind is in flight waits for it, and
+ * then goes to PostgreSQL together with every other that arrived meanwhile, as one
+ * statement: one round trip (and one commit) for all of them, each still getting its own
+ * outcome. Alone,
  * an operation goes at once, as its own statement, so that a quiet service pays no latency
  * for it; under load, an operation waits for at most the statement in flight.
  *
- * Operations for the same identity never share a statement: a later one waits for the
- * next, and sees what the earlier one did. If a shared statement fails (it is atomic, so
+ * Where operations for one identity must not share a statement, `identity` keeps them
+ * apart: a later one waits for the next statement, and sees what the earlier one did.
+ * If a shared statement fails (it is atomic, so
  * nothing of it happened), each of its operations runs again on its own: one operation's
  * bad value, or a deadlock, must not become the others' error.
  */
-export class GroupCommit<Item, Result> {
+export class GroupedStatements<Item, Result> {
   private pending: Array<Waiting<Item, Result>> = [];
   private inFlight = 0;
 
@@ -19,10 +21,10 @@ export class GroupCommit<Item, Result> {
     private readonly options: {
       /** The operation alone, as its own statement. */
       one: (item: Item) => Promise<Result>;
-      /** Several operations of distinct identities as one statement, results in their order. */
+      /** Several operations as one statement, results in their order. */
       many: (items: Item[]) => Promise<Result[]>;
-      /** Identity of an operation: two with the same never share a statement. */
-      identity: (item: Item) => string;
+      /** Identity of an operation, if two with the same must never share a statement. */
+      identity?: (item: Item) => string;
       /** Statements of this kind in flight at once. */
       maxInFlight: number;
       /** Operations per statement at most. */
@@ -48,15 +50,15 @@ export class GroupCommit<Item, Result> {
     }
   }
 
-  /** The oldest pending operations, at most one per identity; the others keep their place. */
+  /** The oldest pending operations (at most one per identity, if kept apart); the others keep their place. */
   private take(): Array<Waiting<Item, Result>> {
     const group: Array<Waiting<Item, Result>> = [];
     const rest: Array<Waiting<Item, Result>> = [];
     const identities = new Set<string>();
     for (const waiting of this.pending) {
-      const identity = this.options.identity(waiting.item);
-      if (group.length < this.options.maxSize && !identities.has(identity)) {
-        identities.add(identity);
+      const identity = this.options.identity?.(waiting.item);
+      if (group.length < this.options.maxSize && (identity === undefined || !identities.has(identity))) {
+        if (identity !== undefined) identities.add(identity);
         group.push(waiting);
       } else {
         rest.push(waiting);
