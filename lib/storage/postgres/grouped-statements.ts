@@ -9,9 +9,11 @@
  *
  * Where operations for one identity must not share a statement, `identity` keeps them
  * apart: a later one waits for the next statement, and sees what the earlier one did.
- * If a shared statement fails (it is atomic, so
- * nothing of it happened), each of its operations runs again on its own: one operation's
- * bad value, or a deadlock, must not become the others' error.
+ * If a shared statement fails, each of its operations runs again on its own: one
+ * operation's bad value, or a deadlock, must not become the others' error. The statement
+ * is atomic, so either nothing of it happened, or (its reply lost after the commit) all of
+ * it did: each operation alone must then read what it finds as its own doing where it is
+ * (a claim recognises its owner token).
  */
 export class GroupedStatements<Item, Result> {
   private pending: Array<Waiting<Item, Result>> = [];
