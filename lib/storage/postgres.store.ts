@@ -65,9 +65,10 @@ export interface PostgresStoreOptions {
 
 /**
  * One statement of each kind in flight at a time: concurrent ones wait for it and then go
- * together, which is what makes the groups form under load.
+ * together, which is what makes the groups form under load. One that has not returned
+ * within a second is presumed stuck and no longer holds the others up.
  */
-const GROUP_LIMITS = { maxInFlight: 1, maxSize: 100 };
+const GROUP_LIMITS = { maxInFlight: 1, maxSize: 100, stalledAfterMs: 1000 };
 
 function earliest(requests: readonly { deadline?: number }[]): number | undefined {
   const deadlines = requests.flatMap((request) => (request.deadline === undefined ? [] : [request.deadline]));

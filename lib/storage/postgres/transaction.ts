@@ -191,9 +191,13 @@ export class PostgresStoreTransaction implements StoreTransaction {
       throw unstorableOrSelf(error);
     }
     this.settled = true;
-    await this.ended('Commit');
-    this.client.removeListener('error', this.onError);
-    await this.runner.release();
+    try {
+      // Subscribers run after the commit: one that throws must not keep the connection from the pool.
+      await this.ended('Commit');
+    } finally {
+      this.client.removeListener('error', this.onError);
+      await this.runner.release();
+    }
   }
 
   /**
