@@ -33,6 +33,8 @@ export interface RedisAppSettings {
   prefix: string;
   options?: IdempotencyModuleOptions;
   store?: Omit<RedisStoreOptions, 'connection' | 'keyPrefix'>;
+  /** Where the run counters live, when not on the store's Redis (which a test may restart). */
+  runsUrl?: string;
 }
 
 interface Runs {
@@ -86,7 +88,13 @@ class RedisProbeController {
 @Module({})
 class RedisProbeModule {}
 
-export function redisAppModule({ redisUrl, prefix, options = {}, store = {} }: RedisAppSettings): DynamicModule {
+export function redisAppModule({
+  redisUrl,
+  prefix,
+  options = {},
+  store = {},
+  runsUrl,
+}: RedisAppSettings): DynamicModule {
   return {
     module: RedisProbeModule,
     imports: [
@@ -101,7 +109,7 @@ export function redisAppModule({ redisUrl, prefix, options = {}, store = {} }: R
     providers: [
       {
         provide: RUNS,
-        useFactory: () => ({ client: new Redis(redisUrl), prefix }),
+        useFactory: () => ({ client: new Redis(runsUrl ?? redisUrl), prefix }),
       },
       {
         provide: 'RUNS_CLOSER',
