@@ -3,7 +3,8 @@ import type { DataSource } from 'typeorm';
 import type { IdempotencyModuleExtras, IdempotencyModuleOptions } from './idempotency.options.js';
 import { IdempotencyStore } from './storage/idempotency.store.js';
 import { PostgresIdempotencyStore } from './storage/postgres.store.js';
-import { RedisIdempotencyStore } from './storage/redis.store.js';
+import { RedisIdempotencyStore, type RedisStoreOptions } from './storage/redis.store.js';
+import { SplitIdempotencyStore } from './storage/split.store.js';
 
 /**
  * `forRoot` / `forRootAsync` (with `useFactory` + `inject` + `imports`, or `useClass`).
@@ -28,7 +29,8 @@ export const {
         exports: [...(definition.exports ?? []), IdempotencyStore],
       };
     }
-    return { ...definition, global, imports: [...(definition.imports ?? []), postgresStoreModule(extras.dataSource)] };
+    const postgres = postgresStoreModule(extras.dataSource, extras.redis);
+    return { ...definition, global, imports: [...(definition.imports ?? []), postgres] };
   })
   .build();
 
@@ -36,7 +38,9 @@ export const {
 function storeProvider({ store, redis }: IdempotencyModuleExtras): Provider | undefined {
   if (store && redis) throw new Error('IdempotencyModule: give either "store" or "redis", not both.');
   if (store) return { provide: IdempotencyStore, useClass: store };
-  if (redis) return { provide: IdempotencyStore, useFactory: () => RedisIdempotencyStore.create(redis) };
+  if (redis && (redis.transactionalRoutes ?? 'refuse') === 'refuse') {
+    return { provide: IdempotencyStore, useFactory: () => RedisIdempotencyStore.create(redis) };
+  }
   return undefined;
 }
 
@@ -44,12 +48,16 @@ function storeProvider({ store, redis }: IdempotencyModuleExtras): Provider | un
 class IdempotencyPostgresStoreModule {}
 
 /**
- * The PostgreSQL store on the application's TypeORM DataSource, in a module of its own
- * that Nest awaits while it scans the imports: `@nestjs/typeorm` (which loads TypeORM) is
- * imported only here, so an application on another store never loads either. The module
- * is global, since IdempotencyModule cannot re-export a provider it imports this way.
+ * The PostgreSQL store on the application's TypeORM DataSource (alone, or for the
+ * transactional routes beside Redis), in a module of its own that Nest awaits while it
+ * scans the imports: `@nestjs/typeorm` (which loads TypeORM) is imported only here, so an
+ * application on another store never loads either. The module is global, since
+ * IdempotencyModule cannot re-export a provider it imports this way.
  */
-async function postgresStoreModule(dataSource: string | undefined): Promise<DynamicModule> {
+async function postgresStoreModule(
+  dataSource: string | undefined,
+  redis: RedisStoreOptions | undefined,
+): Promise<DynamicModule> {
   const { getDataSourceToken } = await import('@nestjs/typeorm');
   const token = getDataSourceToken(dataSource);
   return {
@@ -59,7 +67,7 @@ async function postgresStoreModule(dataSource: string | undefined): Promise<Dyna
       {
         provide: IdempotencyStore,
         inject: [{ token, optional: true }],
-        useFactory: (source?: DataSource) => {
+        useFactory: async (source?: DataSource) => {
           if (!source) {
             const named = dataSource ? ` named "${dataSource}"` : '';
             throw new Error(
@@ -68,7 +76,9 @@ async function postgresStoreModule(dataSource: string | undefined): Promise<Dyna
                 'or pass IdempotencyModule.forRoot({ store: MemoryIdempotencyStore }) for unit tests.',
             );
           }
-          return new PostgresIdempotencyStore(source);
+          const postgres = new PostgresIdempotencyStore(source);
+          if (!redis) return postgres;
+          return new SplitIdempotencyStore(await RedisIdempotencyStore.create(redis), postgres);
         },
       },
     ],

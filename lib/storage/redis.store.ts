@@ -36,6 +36,16 @@ export interface RedisStoreOptions {
    * @default 1000
    */
   fallbackPollMs?: number;
+  /**
+   * What transactional routes (and transactional `run()` and `@IdempotentMethod()`) do:
+   * - `'refuse'`: the application does not start while it has one.
+   * - `'postgres'`: their records stay in PostgreSQL (`idempotency_keys` on the TypeORM
+   *   DataSource, as with the default store), where their writes commit with them; every
+   *   other record is in Redis. Needs TypeORM, the migrations, and the `dataSource` option
+   *   when the DataSource has a name.
+   * @default 'refuse'
+   */
+  transactionalRoutes?: 'refuse' | 'postgres';
 }
 
 const DEFAULT_PREFIX = 'idempotency:';
@@ -64,7 +74,7 @@ export class RedisIdempotencyStore extends IdempotencyStore implements OnApplica
    */
   constructor(
     readonly client: RedisClient,
-    options: Omit<RedisStoreOptions, 'connection'> = {},
+    options: Omit<RedisStoreOptions, 'connection' | 'transactionalRoutes'> = {},
     private readonly owned = false,
   ) {
     super();
@@ -80,7 +90,8 @@ export class RedisIdempotencyStore extends IdempotencyStore implements OnApplica
 
   /** A store from module options: the given client, or a connection it opens (loading `ioredis` then). */
   static async create(options: RedisStoreOptions): Promise<RedisIdempotencyStore> {
-    const { connection, ...rest } = options;
+    const { connection, keyPrefix, fallbackPollMs } = options;
+    const rest = { keyPrefix, fallbackPollMs };
     if (isClient(connection)) return new RedisIdempotencyStore(connection, rest);
     let RedisClass: typeof Redis;
     try {
