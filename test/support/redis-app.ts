@@ -17,6 +17,7 @@ import {
   Idempotent,
   IdempotencyModule,
   type IdempotencyModuleOptions,
+  type RedisClient,
   type RedisStoreOptions,
 } from '../../lib/index.js';
 
@@ -29,6 +30,8 @@ export const RUNS = Symbol('RUNS');
 
 export interface RedisAppSettings {
   redisUrl: string;
+  /** The store's connection, when not `redisUrl` (a Redis Cluster client); the test closes it. */
+  connection?: RedisClient;
   /** The store's key prefix; the run counters live under it too. */
   prefix: string;
   options?: IdempotencyModuleOptions;
@@ -90,6 +93,7 @@ class RedisProbeModule {}
 
 export function redisAppModule({
   redisUrl,
+  connection,
   prefix,
   options = {},
   store = {},
@@ -102,7 +106,7 @@ export function redisAppModule({
         scope: (request: { headers: Record<string, string | undefined> }) =>
           request.headers['x-user-id'] ?? 'anonymous',
         ...options,
-        redis: { connection: redisUrl, keyPrefix: prefix, ...store },
+        redis: { connection: connection ?? redisUrl, keyPrefix: prefix, ...store },
       }),
     ],
     controllers: [RedisProbeController],
