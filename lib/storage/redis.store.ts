@@ -108,7 +108,8 @@ export class RedisIdempotencyStore extends IdempotencyStore implements OnApplica
 
   async claim(request: ClaimRequest): Promise<ClaimResult> {
     const { identity, ownerToken, leaseMs, ttlMs } = request;
-    const reply = (await this.run(
+    const reply = (await this.runWithin(
+      request.deadline,
       CLAIM,
       this.keyOf(identity),
       request.fingerprint,
@@ -165,8 +166,8 @@ export class RedisIdempotencyStore extends IdempotencyStore implements OnApplica
   }
 
   /** One read (HGETALL): the key's expiry removes records that no longer count, so whatever is there is live. */
-  async find(identity: RecordIdentity): Promise<IdempotencyRecord | null> {
-    const fields = await this.client.hgetall(this.keyOf(identity));
+  async find(identity: RecordIdentity, deadline?: number): Promise<IdempotencyRecord | null> {
+    const fields = await within(this.client.hgetall(this.keyOf(identity)), deadline);
     if (!fields.s) return null;
     return toRecord(identity, fields);
   }
@@ -255,6 +256,21 @@ export class RedisIdempotencyStore extends IdempotencyStore implements OnApplica
     return `${this.prefix}changed:{${tagOf(identity)}}`;
   }
 
+  /**
+   * `run()`, given up at `deadline`: while Redis is unreachable, ioredis queues commands
+   * and retries, and the request answers 503 at its deadline rather than after the
+   * client's retries. A claim that still reaches Redis later holds its key until its
+   * lease lapses, as one of a process that died.
+   */
+  private runWithin(
+    deadline: number | undefined,
+    script: RedisScript,
+    key: string,
+    ...args: string[]
+  ): Promise<unknown> {
+    return within(this.run(script, key, ...args), deadline);
+  }
+
   /** EVALSHA, and EVAL when the server does not have the script yet (after a restart, on a new node). */
   private async run(script: RedisScript, key: string, ...args: string[]): Promise<unknown> {
     try {
@@ -264,6 +280,27 @@ export class RedisIdempotencyStore extends IdempotencyStore implements OnApplica
       return this.client.eval(script.lua, 1, key, ...args);
     }
   }
+}
+
+/** `promise`, or a rejection once `deadline` (epoch ms) has passed. */
+function within<T>(promise: Promise<T>, deadline: number | undefined): Promise<T> {
+  if (deadline === undefined) return promise;
+  return new Promise<T>((resolve, reject) => {
+    const timer = setTimeout(
+      () => reject(new Error('Redis did not answer before the deadline')),
+      Math.max(0, deadline - Date.now()),
+    );
+    promise.then(
+      (value) => {
+        clearTimeout(timer);
+        resolve(value);
+      },
+      (error: Error) => {
+        clearTimeout(timer);
+        reject(error);
+      },
+    );
+  });
 }
 
 function isClient(connection: RedisStoreOptions['connection']): connection is RedisClient {

@@ -5,6 +5,7 @@ import { RedisIdempotencyStore } from '../../lib/index.js';
 import { BROKER_URLS, describeWithBrokers } from '../support/brokers.js';
 import { waitFor } from '../support/cluster.js';
 import { post } from '../support/http.js';
+import { expectProblem } from '../support/problems.js';
 import { redisAppModule, runsKey } from '../support/redis-app.js';
 import { PrivateRedis } from '../support/redis-servers.js';
 import { deleteKeys, testPrefix } from '../support/redis-store.js';
@@ -111,6 +112,35 @@ describeRedis('a Redis restart with keys in flight', () => {
     expect(seen.completedRuns).toBe(2);
     // The fingerprint secret came back: the running instance wrote it again when it reconnected.
     expect(seen.secretKept).toBe(true);
+  }, 60_000);
+
+  it('while Redis is down, a request gets 503 (store unavailable) by its deadline, and runs once Redis is back', async () => {
+    server = await PrivateRedis.start();
+    running = await startApp(
+      redisAppModule({
+        redisUrl: server.url,
+        runsUrl: BROKER_URLS.redis,
+        prefix: runsPrefix,
+        options: { waitTimeoutMs: 1500, retryAfterSeconds: 2 },
+      }),
+      'express',
+    );
+    await server.kill();
+    const key = randomUUID();
+    const started = Date.now();
+    const down = await post(running.url, '/charges', { key, body: { amount: 3 } });
+    const took = Date.now() - started;
+    expectProblem(down, 503, 'store-unavailable');
+    expect(down.headers.get('retry-after')).toBe('2');
+    expect(took).toBeLessThan(5000);
+    expect(await runs('charges', key)).toBe(0);
+
+    await server.restart();
+    await waitFor(
+      async () => (await post(running.url, '/charges', { key, body: { amount: 3 } })).status === 201,
+      'a 201',
+    );
+    expect(await runs('charges', key)).toBe(1);
   }, 60_000);
 
   it('with appendonly yes and appendfsync always: every key survives, and the in-flight request completes', async () => {
