@@ -191,77 +191,102 @@ describeRedis('the Redis store over HTTP', () => {
     );
   });
 
-  describe('several processes on one Redis (no TypeORM, no pg loaded)', () => {
-    const prefix = testPrefix('processes');
-    const started: ChildApp[] = [];
+  /** Processes of redis-app-process.ts on the machine's Redis, or on a cluster (`cluster()` gives it). */
+  function processes(title: string, cluster?: () => { nodes: string; client: Cluster }) {
+    describe(title, () => {
+      const prefix = testPrefix('processes');
+      const store = () => cluster?.().client ?? redis;
+      const started: ChildApp[] = [];
 
-    async function start(count: number, env: Record<string, string> = {}): Promise<{ app: ChildApp; url: string }[]> {
-      const apps = await Promise.all(
-        Array.from({ length: count }, (_, i) =>
-          startChildApp('redis-app-process', `redis-app-${started.length + i}`, {
-            REDIS_URL: REDIS,
-            KEY_PREFIX: prefix,
-            ...env,
+      async function start(count: number, env: Record<string, string> = {}): Promise<{ app: ChildApp; url: string }[]> {
+        const apps = await Promise.all(
+          Array.from({ length: count }, (_, i) =>
+            startChildApp('redis-app-process', `redis-app-${started.length + i}`, {
+              REDIS_URL: REDIS,
+              KEY_PREFIX: prefix,
+              ...(cluster && { REDIS_CLUSTER_NODES: cluster().nodes }),
+              ...env,
+            }),
+          ),
+        );
+        started.push(...apps);
+        return Promise.all(
+          apps.map(async (app) => {
+            expect(app.output()).toContain('typeorm cannot load');
+            const [, port] = await app.waitForOutput(/listening on port (\d+)/);
+            return { app, url: `http://127.0.0.1:${port}` };
           }),
-        ),
-      );
-      started.push(...apps);
-      return Promise.all(
-        apps.map(async (app) => {
-          expect(app.output()).toContain('typeorm cannot load');
-          const [, port] = await app.waitForOutput(/listening on port (\d+)/);
-          return { app, url: `http://127.0.0.1:${port}` };
-        }),
-      );
-    }
+        );
+      }
 
-    afterEach(async () => {
-      for (const app of started.splice(0)) await app.stop('SIGKILL');
+      afterEach(async () => {
+        for (const app of started.splice(0)) await app.stop('SIGKILL');
+      });
+      afterAll(async () => {
+        await deleteKeys(redis, prefix);
+        if (cluster) await deleteKeys(cluster().client, prefix);
+      });
+
+      it('runs a charge once for 200 parallel duplicates over three processes, all answered alike', async () => {
+        const instances = await start(3);
+        const key = randomUUID();
+        const responses = await Promise.all(
+          Array.from({ length: 200 }, (_, i) =>
+            post(instances[i % 3].url, '/charges', { key, body: { amount: 42 }, headers: { 'x-delay-ms': '300' } }),
+          ),
+        );
+        expect(responses.map((r) => r.status)).toEqual(Array(200).fill(201));
+        expect(new Set(responses.map((r) => r.text)).size).toBe(1);
+        expect(responses.filter((r) => r.headers.get('idempotent-replayed') === null)).toHaveLength(1);
+        expect(await runs(prefix, 'charges', key)).toBe(1);
+      }, 120_000);
+
+      it('takes over the key of a process killed with SIGKILL once its lease lapses', async () => {
+        const [a, b] = await start(2, { LEASE_MS: '1000' });
+        const key = randomUUID();
+        const body = { amount: 99 };
+        const doomed = post(a.url, '/charges', { key, body, headers: { 'x-delay-ms': '60000' } }).catch(
+          (error: unknown) => error,
+        );
+        await waitFor(async () => (await runs(prefix, 'charges', key)) === 1, 'the first run');
+        await a.app.stop('SIGKILL');
+        expect(await doomed).toMatchObject({ message: 'fetch failed' });
+        const held = await recordOf(store(), prefix, '/charges', key);
+        expect(held).toMatchObject({ status: 'in_progress' });
+
+        // 'wait': the duplicate waits out the dead owner's lease, then takes the key over and runs.
+        const successor = await post(b.url, '/charges', { key, body });
+        expect(successor.status).toBe(201);
+        expect(successor.headers.get('idempotent-replayed')).toBeNull();
+        expect(successor.json.pid).toBe(b.app.child.pid);
+        expect(await runs(prefix, 'charges', key)).toBe(2);
+        const record = await recordOf(store(), prefix, '/charges', key);
+        expect(record).toMatchObject({ status: 'completed', fingerprint: held!.fingerprint });
+
+        const retry = await post(b.url, '/charges', { key, body });
+        expect(retry.text).toBe(successor.text);
+        expect(retry.headers.get('idempotent-replayed')).toBe('true');
+        expect(await runs(prefix, 'charges', key)).toBe(2);
+      }, 60_000);
     });
-    afterAll(async () => {
-      await deleteKeys(redis, prefix);
-    });
+  }
 
-    it('runs a charge once for 200 parallel duplicates over three processes, all answered alike', async () => {
-      const instances = await start(3);
-      const key = randomUUID();
-      const responses = await Promise.all(
-        Array.from({ length: 200 }, (_, i) =>
-          post(instances[i % 3].url, '/charges', { key, body: { amount: 42 }, headers: { 'x-delay-ms': '300' } }),
-        ),
-      );
-      expect(responses.map((r) => r.status)).toEqual(Array(200).fill(201));
-      expect(new Set(responses.map((r) => r.text)).size).toBe(1);
-      expect(responses.filter((r) => r.headers.get('idempotent-replayed') === null)).toHaveLength(1);
-      expect(await runs(prefix, 'charges', key)).toBe(1);
-    }, 120_000);
+  processes('several processes on one Redis (no TypeORM, no pg loaded)');
 
-    it('takes over the key of a process killed with SIGKILL once its lease lapses', async () => {
-      const [a, b] = await start(2, { LEASE_MS: '1000' });
-      const key = randomUUID();
-      const body = { amount: 99 };
-      const doomed = post(a.url, '/charges', { key, body, headers: { 'x-delay-ms': '60000' } }).catch(
-        (error: unknown) => error,
-      );
-      await waitFor(async () => (await runs(prefix, 'charges', key)) === 1, 'the first run');
-      await a.app.stop('SIGKILL');
-      expect(await doomed).toMatchObject({ message: 'fetch failed' });
-      const held = await recordOf(redis, prefix, '/charges', key);
-      expect(held).toMatchObject({ status: 'in_progress' });
-
-      // 'wait': the duplicate waits out the dead owner's lease, then takes the key over and runs.
-      const successor = await post(b.url, '/charges', { key, body });
-      expect(successor.status).toBe(201);
-      expect(successor.headers.get('idempotent-replayed')).toBeNull();
-      expect(successor.json.pid).toBe(b.app.child.pid);
-      expect(await runs(prefix, 'charges', key)).toBe(2);
-      const record = await recordOf(redis, prefix, '/charges', key);
-      expect(record).toMatchObject({ status: 'completed', fingerprint: held!.fingerprint });
-
-      const retry = await post(b.url, '/charges', { key, body });
-      expect(retry.text).toBe(successor.text);
-      expect(retry.headers.get('idempotent-replayed')).toBe('true');
-      expect(await runs(prefix, 'charges', key)).toBe(2);
+  describe('several processes on a Redis Cluster of three masters', () => {
+    let cluster: LocalRedisCluster;
+    let client: Cluster;
+    beforeAll(async () => {
+      cluster = await LocalRedisCluster.start(3);
+      client = cluster.client();
     }, 60_000);
+    afterAll(async () => {
+      await client?.quit();
+      await cluster?.stop();
+    });
+    processes('processes (no TypeORM, no pg loaded)', () => ({
+      nodes: cluster.ports.map((port) => `127.0.0.1:${port}`).join(','),
+      client,
+    }));
   });
 });
