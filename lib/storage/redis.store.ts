@@ -98,7 +98,7 @@ export class RedisIdempotencyStore extends IdempotencyStore implements OnApplica
       ({ Redis: RedisClass } = await import('ioredis'));
     } catch (error) {
       throw new Error(
-        'IdempotencyModule: the Redis store needs the "ioredis" package (version 5): npm install ioredis',
+        'IdempotencyModule: the Redis store needs the "ioredis" package (version 5 or 6): npm install ioredis',
         { cause: error },
       );
     }
