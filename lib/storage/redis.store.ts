@@ -86,6 +86,17 @@ export class RedisIdempotencyStore extends IdempotencyStore implements OnApplica
     if (!(this.fallbackPollMs > 0)) throw new RangeError('RedisIdempotencyStore: fallbackPollMs must be positive');
     this.changes = new ChangeListener(client);
     client.on('ready', this.restoreSecret);
+    if (owned) {
+      // The store's own connection: one warning per outage (ioredis reconnects by itself),
+      // instead of ioredis' "Unhandled error event" on every attempt.
+      let reported = false;
+      client.on('ready', () => (reported = false));
+      client.on('error', (error: Error) => {
+        if (reported) return;
+        reported = true;
+        this.logger.warn(`Redis connection error: ${error.message}; reconnecting`);
+      });
+    }
   }
 
   /** A store from module options: the given client, or a connection it opens (loading `ioredis` then). */
