@@ -181,14 +181,16 @@ describeRedis('the Redis store over HTTP', () => {
         return {};
       }
     }
+    const prefix = testPrefix('tx');
     @Module({
-      imports: [IdempotencyModule.forRoot({ redis: { connection: REDIS, keyPrefix: testPrefix('tx') } })],
+      imports: [IdempotencyModule.forRoot({ redis: { connection: REDIS, keyPrefix: prefix } })],
       controllers: [TransactionalController],
     })
     class TransactionalApp {}
     await expect(startApp(TransactionalApp, 'express')).rejects.toThrow(
       /TransactionalController\.create is transactional, but RedisIdempotencyStore has no transactions/,
     );
+    await deleteKeys(redis, prefix); // the fingerprint secret, written while the module started
   });
 
   /** Processes of redis-app-process.ts on the machine's Redis, or on a cluster (`cluster()` gives it). */
