@@ -11,8 +11,18 @@ import {
   type ResponsePayload,
   type StoreTransaction,
 } from './idempotency.store.js';
-import { guardClients, type Pool, type PoolClient, PoolTimeoutError, withinDeadline } from './postgres/connection.js';
 import {
+  guardClients,
+  type Pool,
+  type PoolClient,
+  PoolTimeoutError,
+  preparing,
+  type Queryable,
+  withinDeadline,
+} from './postgres/connection.js';
+import {
+  PREPARED_NAMES,
+  PREPARED_STATEMENT_MISSING,
   SERIALIZATION_FAILURE,
   SETTINGS_TABLE,
   SQL_BEGIN_SLOW_PATH,
@@ -23,20 +33,68 @@ import {
   SQL_SHARED_SECRET,
   SQL_VERIFY,
 } from './postgres/sql.js';
-import { claimFast, claimUnderLock, completeOn, identityParameters, toRecord } from './postgres/statements.js';
+import { GroupedStatements } from './postgres/grouped-statements.js';
+import {
+  claimFast,
+  claimFastMany,
+  claimUnderLock,
+  type Completion,
+  completeMany,
+  completeOn,
+  findMany,
+  identityKey,
+  type Lookup,
+  identityParameters,
+  responseText,
+  toRecord,
+} from './postgres/statements.js';
 import { PostgresStoreTransaction } from './postgres/transaction.js';
 
 export { IDEMPOTENCY_TABLE } from './postgres/sql.js';
 
+export interface PostgresStoreOptions {
+  /**
+   * Send the statements of every request as prepared statements (parsed and planned once
+   * per connection). Turn off behind a pooler that hands one session's statements to
+   * another's connection: PgBouncer in transaction mode before 1.21, or without
+   * `max_prepared_statements`.
+   * @default true
+   */
+  preparedStatements?: boolean;
+}
+
+/**
+ * One statement of each kind in flight at a time: concurrent ones wait for it and then go
+ * together, which is what makes the groups form under load. One that has not returned
+ * within a second is presumed stuck and no longer holds the others up.
+ */
+const GROUP_LIMITS = { maxInFlight: 1, maxSize: 100, stalledAfterMs: 1000 };
+
+function earliest(requests: readonly { deadline?: number }[]): number | undefined {
+  const deadlines = requests.flatMap((request) => (request.deadline === undefined ? [] : [request.deadline]));
+  return deadlines.length > 0 ? Math.min(...deadlines) : undefined;
+}
+
 /**
  * The PostgreSQL store: records in the `idempotency_keys` table, on the application's
- * TypeORM DataSource. It talks to the DataSource's node-postgres pool directly: one
- * pooled query per operation, without a TypeORM QueryRunner per call.
+ * TypeORM DataSource. It talks to the DataSource's node-postgres pool directly, without a
+ * TypeORM QueryRunner per call. Lease-mode claims and completions that arrive together share
+ * a statement (group commit); a transactional request's own statements take two round trips.
  */
 export class PostgresIdempotencyStore extends IdempotencyStore {
   private readonly pool: Pool;
+  /** Lease-mode claims' fast path and completions, a statement per group of concurrent ones. */
+  private readonly claims: GroupedStatements<ClaimRequest, ClaimResult | undefined>;
+  private readonly completions: GroupedStatements<Completion, boolean>;
+  /** Look-ups (replays, before a transactional claim), a statement per group of concurrent ones. */
+  private readonly finds: GroupedStatements<Lookup, IdempotencyRecord | null>;
 
-  constructor(private readonly dataSource: DataSource) {
+  private readonly names: ReadonlyMap<string, string>;
+
+  constructor(
+    private readonly dataSource: DataSource,
+    private readonly options: PostgresStoreOptions = {},
+  ) {
     super();
     if (dataSource.options.type !== 'postgres') {
       throw new Error(
@@ -48,10 +106,34 @@ export class PostgresIdempotencyStore extends IdempotencyStore {
     // TypeOrmModule does before any provider that injects it is created.
     this.pool = (dataSource.driver as unknown as { master: Pool }).master;
     guardClients(this.pool);
+    this.names = options.preparedStatements === false ? new Map() : PREPARED_NAMES;
+    this.claims = new GroupedStatements({
+      one: (request) => this.withClient(request.deadline, (client) => claimFast(client, request)),
+      // The group waits for a connection until the earliest of its deadlines.
+      // Claims of one key share a statement too (replays of a hot key must not queue): it tells the winner.
+      many: (requests) => this.withClient(earliest(requests), (client) => claimFastMany(client, requests)),
+      ...GROUP_LIMITS,
+    });
+    this.finds = new GroupedStatements({
+      one: async ({ identity, deadline }) => {
+        const { rows } = await this.withClient(deadline, (client) =>
+          client.query(SQL_FIND, identityParameters(identity)),
+        );
+        return rows[0] ? toRecord(rows[0]) : null;
+      },
+      many: (lookups) => this.withClient(earliest(lookups), (client) => findMany(client, lookups)),
+      ...GROUP_LIMITS,
+    });
+    this.completions = new GroupedStatements({
+      one: (completion) => this.withClient(undefined, (db) => completeOn(db, completion)),
+      many: (completions) => this.withClient(undefined, (db) => completeMany(db, completions)),
+      identity: (completion) => identityKey(completion.identity),
+      ...GROUP_LIMITS,
+    });
   }
 
   async claim(request: ClaimRequest): Promise<ClaimResult> {
-    const fast = await this.withClient(request.deadline, (client) => claimFast(client, request));
+    const fast = await this.claims.run(request);
     if (fast) return fast;
     return this.withClient(request.deadline, async (client) => {
       // A row lock held for long (a stalled transaction) fails the claim instead of hanging it.
@@ -77,14 +159,15 @@ export class PostgresIdempotencyStore extends IdempotencyStore {
       if (!(error instanceof PoolTimeoutError)) await runner.release();
       throw error;
     }
-    const transaction = new PostgresStoreTransaction(runner, client);
+    // BEGIN travels with the claim, in the transaction's first round trip.
+    const { isolationLevel } = this.dataSource.options as { isolationLevel?: string };
     try {
-      // START TRANSACTION through TypeORM, so that the handler's own
-      // manager.transaction() calls nest as savepoints inside ours.
-      await runner.startTransaction();
-      return transaction;
+      return new PostgresStoreTransaction(runner, client, {
+        isolationLevel,
+        prepared: this.options.preparedStatements !== false,
+      });
     } catch (error) {
-      await transaction.rollback();
+      await runner.release();
       throw error;
     }
   }
@@ -95,19 +178,24 @@ export class PostgresIdempotencyStore extends IdempotencyStore {
    * would otherwise end the process). Acquiring it is bounded by `deadline`. A client whose
    * work failed is discarded rather than returned to the pool.
    */
-  private async withClient<T>(deadline: number | undefined, work: (client: PoolClient) => Promise<T>): Promise<T> {
-    const client = await withinDeadline(this.pool.connect(), deadline, (late) => late.release());
-    let broken: Error | undefined;
-    const onError = (error: Error) => (broken = error);
-    client.on('error', onError);
-    try {
-      return await work(client);
-    } catch (error) {
-      broken ??= error as Error;
-      throw error;
-    } finally {
-      client.removeListener('error', onError);
-      client.release(broken);
+  private async withClient<T>(deadline: number | undefined, work: (client: Queryable) => Promise<T>): Promise<T> {
+    for (let attempt = 0; ; attempt++) {
+      const client = await withinDeadline(this.pool.connect(), deadline, (late) => late.release());
+      let broken: Error | undefined;
+      const onError = (error: Error) => (broken = error);
+      client.on('error', onError);
+      try {
+        return await work(preparing(client, this.names));
+      } catch (error) {
+        broken ??= error as Error;
+        // Its session lost the prepared statements (reset under us): the connection is
+        // discarded below, and the work runs again, once, on another.
+        if ((error as { code?: string }).code === PREPARED_STATEMENT_MISSING && attempt === 0) continue;
+        throw error;
+      } finally {
+        client.removeListener('error', onError);
+        client.release(broken);
+      }
     }
   }
 
@@ -117,25 +205,25 @@ export class PostgresIdempotencyStore extends IdempotencyStore {
     response: ResponsePayload,
     ttlMs: number,
   ): Promise<boolean> {
-    return completeOn(this.pool, identity, ownerToken, response, ttlMs);
+    return this.completions.run({ identity, ownerToken, text: responseText(response), ttlMs });
   }
 
   async release(identity: RecordIdentity, ownerToken: string): Promise<boolean> {
-    const { rowCount } = await this.pool.query(SQL_RELEASE, [...identityParameters(identity), ownerToken]);
+    const { rowCount } = await this.withClient(undefined, (db) =>
+      db.query(SQL_RELEASE, [...identityParameters(identity), ownerToken]),
+    );
     return rowCount === 1;
   }
 
   async renew(identity: RecordIdentity, ownerToken: string, leaseMs: number): Promise<boolean> {
-    const { rowCount } = await this.pool.query(SQL_RENEW, [...identityParameters(identity), ownerToken, leaseMs]);
+    const { rowCount } = await this.withClient(undefined, (db) =>
+      db.query(SQL_RENEW, [...identityParameters(identity), ownerToken, leaseMs]),
+    );
     return rowCount === 1;
   }
 
-  async find(identity: RecordIdentity, deadline?: number): Promise<IdempotencyRecord | null> {
-    const { rows } =
-      deadline === undefined
-        ? await this.pool.query(SQL_FIND, identityParameters(identity))
-        : await this.withClient(deadline, (client) => client.query(SQL_FIND, identityParameters(identity)));
-    return rows[0] ? toRecord(rows[0]) : null;
+  find(identity: RecordIdentity, deadline?: number): Promise<IdempotencyRecord | null> {
+    return this.finds.run({ identity, deadline });
   }
 
   async sharedSecret(): Promise<Buffer> {
