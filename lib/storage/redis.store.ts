@@ -65,6 +65,8 @@ export class RedisIdempotencyStore extends IdempotencyStore implements OnApplica
   private readonly fallbackPollMs: number;
   private readonly changes: ChangeListener;
   private readonly logger = new Logger('IdempotencyModule');
+  /** Whether the client has been connected: afterwards, claims need it connected. */
+  private wasReady: boolean;
   /** The fingerprint secret as read, once read (base64). */
   private secret?: string;
 
@@ -85,7 +87,8 @@ export class RedisIdempotencyStore extends IdempotencyStore implements OnApplica
     this.fallbackPollMs = options.fallbackPollMs ?? 1000;
     if (!(this.fallbackPollMs > 0)) throw new RangeError('RedisIdempotencyStore: fallbackPollMs must be positive');
     this.changes = new ChangeListener(client);
-    client.on('ready', this.restoreSecret);
+    this.wasReady = client.status === 'ready';
+    client.on('ready', this.onReady);
     if (owned) {
       // The store's own connection: one warning per outage (ioredis reconnects by itself),
       // instead of ioredis' "Unhandled error event" on every attempt.
@@ -118,6 +121,13 @@ export class RedisIdempotencyStore extends IdempotencyStore implements OnApplica
   }
 
   async claim(request: ClaimRequest): Promise<ClaimResult> {
+    // Once the connection has dropped, ioredis would queue the claim and send it on
+    // reconnection, after the request has answered 503: the key would then be held by
+    // nobody until its lease lapses. So a claim is only sent over a connection that is up
+    // (before the first connection, commands wait for it as usual).
+    if (this.wasReady && this.client.status !== 'ready') {
+      throw new Error(`Redis is not connected (${this.client.status})`);
+    }
     const { identity, ownerToken, leaseMs, ttlMs } = request;
     const reply = (await this.runWithin(
       request.deadline,
@@ -214,7 +224,8 @@ export class RedisIdempotencyStore extends IdempotencyStore implements OnApplica
     return Buffer.from(this.secret, 'base64');
   }
 
-  private readonly restoreSecret = (): void => {
+  private readonly onReady = (): void => {
+    this.wasReady = true;
     if (this.secret) this.run(SHARED_SECRET, this.secretKey(), this.secret).catch(() => undefined);
   };
 
@@ -252,7 +263,7 @@ export class RedisIdempotencyStore extends IdempotencyStore implements OnApplica
   }
 
   async onApplicationShutdown(): Promise<void> {
-    this.client.off('ready', this.restoreSecret);
+    this.client.off('ready', this.onReady);
     await this.changes.close();
     if (this.owned) await this.client.quit().catch(() => this.client.disconnect());
   }
@@ -268,10 +279,10 @@ export class RedisIdempotencyStore extends IdempotencyStore implements OnApplica
   }
 
   /**
-   * `run()`, given up at `deadline`: while Redis is unreachable, ioredis queues commands
-   * and retries, and the request answers 503 at its deadline rather than after the
-   * client's retries. A claim that still reaches Redis later holds its key until its
-   * lease lapses, as one of a process that died.
+   * `run()`, given up at `deadline`: when the connection drops while a command waits,
+   * ioredis retries it, and the request answers 503 at its deadline rather than after the
+   * client's retries. A claim that still reaches Redis later (sent before the drop, resent
+   * after it) holds its key until its lease lapses, as one of a process that died.
    */
   private runWithin(
     deadline: number | undefined,
