@@ -15,11 +15,10 @@ import {
  * mode is fixed by its decorator, so each identity always lives in the same one of them;
  * a route whose mode changes starts its keys afresh in the other store.
  *
- * Lease mode talks only to `lease` (claim, renew, complete, release, waiting); a
- * transactional request only opens `transactional`'s transaction. Only `find()` cannot
- * tell from an identity which store holds it: it reads `lease` first (a replay of a
- * lease-mode route costs no PostgreSQL query), then `transactional`. The fingerprint
- * secret is `transactional`'s, the durable one.
+ * Lease mode talks only to `lease` (claim, which also answers replays, renew, complete,
+ * release, waiting); a transactional request opens `transactional`'s transaction. Only
+ * `find()` cannot tell from an identity which store holds it: it reads `lease` first,
+ * then `transactional`. The fingerprint secret is `transactional`'s, the durable one.
  */
 export class SplitIdempotencyStore extends IdempotencyStore implements OnApplicationShutdown {
   constructor(
