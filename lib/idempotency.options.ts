@@ -2,6 +2,7 @@ import type { ExecutionContext, HttpException, Type } from '@nestjs/common';
 import type { FingerprintSecret } from './core/fingerprint.js';
 import type { ResponseEncryptionKey } from './core/response-cipher.js';
 import type { IdempotencyStore } from './storage/idempotency.store.js';
+import type { RedisStoreOptions } from './storage/redis.store.js';
 
 /** What a duplicate that arrives while the first request is still running receives. */
 export type ConcurrencyMode =
@@ -186,6 +187,13 @@ export interface IdempotencyModuleExtras {
    * @default PostgresIdempotencyStore
    */
   store?: Type<IdempotencyStore>;
+  /**
+   * Keep the records in Redis instead (`RedisIdempotencyStore`): an `ioredis` client
+   * (`Redis` or `Cluster`), `ioredis` options or a URL, and the store's own options.
+   * Neither TypeORM nor PostgreSQL is needed (nor loaded) then; transactional routes are
+   * refused at start-up. See the README, "Redis store".
+   */
+  redis?: RedisStoreOptions;
 }
 
 export const DEFAULT_REPLAY_HEADERS: readonly string[] = [
