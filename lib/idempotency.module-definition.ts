@@ -3,7 +3,7 @@ import type { DataSource } from 'typeorm';
 import type { IdempotencyModuleExtras, IdempotencyModuleOptions } from './idempotency.options.js';
 import { IdempotencyStore } from './storage/idempotency.store.js';
 import { PostgresIdempotencyStore } from './storage/postgres.store.js';
-import { RedisIdempotencyStore, type RedisStoreOptions } from './storage/redis.store.js';
+import { RedisIdempotencyStore } from './storage/redis.store.js';
 import { SplitIdempotencyStore } from './storage/split.store.js';
 
 /**
@@ -29,7 +29,7 @@ export const {
         exports: [...(definition.exports ?? []), IdempotencyStore],
       };
     }
-    const postgres = postgresStoreModule(extras.dataSource, extras.redis);
+    const postgres = postgresStoreModule(extras);
     return { ...definition, global, imports: [...(definition.imports ?? []), postgres] };
   })
   .build();
@@ -54,10 +54,11 @@ class IdempotencyPostgresStoreModule {}
  * application on another store never loads either. The module is global, since
  * IdempotencyModule cannot re-export a provider it imports this way.
  */
-async function postgresStoreModule(
-  dataSource: string | undefined,
-  redis: RedisStoreOptions | undefined,
-): Promise<DynamicModule> {
+async function postgresStoreModule({
+  dataSource,
+  redis,
+  preparedStatements,
+}: IdempotencyModuleExtras): Promise<DynamicModule> {
   const { getDataSourceToken } = await import('@nestjs/typeorm');
   const token = getDataSourceToken(dataSource);
   return {
@@ -76,7 +77,7 @@ async function postgresStoreModule(
                 'or pass IdempotencyModule.forRoot({ store: MemoryIdempotencyStore }) for unit tests.',
             );
           }
-          const postgres = new PostgresIdempotencyStore(source);
+          const postgres = new PostgresIdempotencyStore(source, { preparedStatements });
           if (!redis) return postgres;
           return new SplitIdempotencyStore(await RedisIdempotencyStore.create(redis), postgres);
         },

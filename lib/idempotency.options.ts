@@ -182,6 +182,14 @@ export interface IdempotencyModuleExtras {
    */
   dataSource?: string;
   /**
+   * The PostgreSQL store sends each request's statements as prepared statements (parsed and
+   * planned once per connection). Set `false` behind a pooler that does not keep a session's
+   * prepared statements: PgBouncer in transaction mode before 1.21, or without
+   * `max_prepared_statements`.
+   * @default true
+   */
+  preparedStatements?: boolean;
+  /**
    * Another store implementation, e.g. `MemoryIdempotencyStore` in unit tests; no
    * DataSource is needed then.
    * @default PostgresIdempotencyStore
