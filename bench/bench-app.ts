@@ -105,12 +105,16 @@ class BenchController implements OnApplicationShutdown {
 
 @Module({})
 export class BenchModule {
-  static forRoot(url: string): DynamicModule {
+  static forRoot(url: string, redis?: { url: string; prefix: string }): DynamicModule {
     return {
       module: BenchModule,
       imports: [
         TypeOrmModule.forRoot({ type: 'postgres', url, entities: [Payment], extra: { max: 10 } }),
-        IdempotencyModule.forRoot({ scope: (request) => String(request.headers['x-user-id'] ?? 'bench') }),
+        IdempotencyModule.forRoot({
+          scope: (request) => String(request.headers['x-user-id'] ?? 'bench'),
+          // BENCH_REDIS_URL: lease-mode records in Redis; transactional ones stay in PostgreSQL.
+          ...(redis && { redis: { connection: redis.url, keyPrefix: redis.prefix, transactionalRoutes: 'postgres' } }),
+        }),
       ],
       controllers: [BenchController],
       providers: [{ provide: PLAIN_POOL, useFactory: () => new pg.Pool({ connectionString: url, max: 10 }) }],

@@ -173,6 +173,20 @@ function headline(results: BenchResults): string {
       '≥ 1.5',
       `${ratio('lease: replay, one hot key')} / ${ratio('transactional: replay, one hot key')}`,
     ),
+    ...(t.has('Redis: first')
+      ? [
+          row(
+            'Redis store, first execution, × baseline (save()) / (INSERT)',
+            '',
+            `${ratio('Redis: first')} / ${ratio('Redis: first (INSERT)')}`,
+          ),
+          row(
+            'Redis store, replays, many keys / one hot key',
+            '',
+            `${ratio('Redis: replay')} / ${ratio('Redis: replay, one hot key')}`,
+          ),
+        ]
+      : []),
     row(
       `app CPU added per first execution at ${results.settings.moderateRate} req/s, µs, lease / transactional (save())`,
       '≤ 150 / ≤ 300',
@@ -226,7 +240,8 @@ route: one saves a row to \`payments\` with TypeORM's \`save()\` (three round tr
 "(INSERT)" one sends one INSERT through a pg pool (in transactional mode, through the request's transaction).
 Each variant is compared with the baseline of its handler. "first" sends a fresh key with every request; "replay"
 cycles through ${200} completed keys, or hammers one; a burst sends as many consecutive requests per key as it has
-connections, so that they arrive together.
+connections, so that they arrive together. The "Redis" variants run on a second bench app (the same code) whose
+lease-mode records are in Redis (\`RedisIdempotencyStore\`); their round trips count Redis commands too.
 
 ## Headline
 

@@ -4,7 +4,7 @@ import { randomBytes } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { DataSource } from 'typeorm';
-import { PostgresIdempotencyStore } from '../lib/index.js';
+import { type IdempotencyStore, PostgresIdempotencyStore, RedisIdempotencyStore } from '../lib/index.js';
 import { sampleMigrations } from '../sample-app/migrations/index.js';
 import { startEmbeddedDatabase } from '../sample-app/embedded-database.js';
 import { CHARGE, type KeyPlan, type Measurement, measure, settle, stats } from './load.js';
@@ -34,6 +34,20 @@ interface Variant {
   name: string;
   path: string;
   keys: (round: number) => KeyPlan;
+  /** The bench app whose lease-mode records are in Redis, instead of the PostgreSQL one. */
+  redis?: boolean;
+}
+
+/** The second bench app, on the Redis store, when a Redis server answers. */
+let redisBase: string | undefined;
+/** The records of that app, read as it reads them. */
+let redisRecords: IdempotencyStore | undefined;
+
+/** Keys `<prefix>-0`, `<prefix>-1`, … that have a record in Redis (a burst uses them in order). */
+async function redisKeysUsed(route: string, prefix: string): Promise<number> {
+  let used = 0;
+  while (await redisRecords!.find({ scope: 'bench', method: 'POST', route, key: `${prefix}-${used}` })) used++;
+  return used;
 }
 
 async function main(): Promise<void> {
@@ -51,6 +65,8 @@ async function main(): Promise<void> {
   await dataSource.runMigrations();
   db = dataSource;
   const server = await startServer(url);
+  const redis = await redisServer(url);
+  redisBase = redis?.server.url;
   try {
     const base = server.url;
     log(`bench app on ${base}; ${quick ? 'quick' : 'full'} run: ${JSON.stringify(settings)}`);
@@ -81,6 +97,27 @@ async function main(): Promise<void> {
         keys: () => ({ kind: 'cycle', keys: keys.tx.slice(0, 1) }),
       },
     ];
+    if (redis) {
+      const redisKeys = await completeKeys(redisBase!, '/lease/payments', 'replay-redis');
+      variants.push(
+        { name: 'Redis: first', path: '/lease/payments', keys: fresh, redis: true },
+        { name: 'Redis: first (INSERT)', path: '/lease/inserts', keys: fresh, redis: true },
+        {
+          name: 'Redis: replay',
+          path: '/lease/payments',
+          keys: () => ({ kind: 'cycle', keys: redisKeys }),
+          redis: true,
+        },
+        {
+          name: 'Redis: replay, one hot key',
+          path: '/lease/payments',
+          keys: () => ({ kind: 'cycle', keys: redisKeys.slice(0, 1) }),
+          redis: true,
+        },
+      );
+    } else {
+      log('no Redis server answers (REDIS_URL, or 127.0.0.1:6379): the Redis store variants are NOT measured');
+    }
     const firsts = variants.slice(0, 3);
     const bursts: Variant[] = [
       {
@@ -99,6 +136,14 @@ async function main(): Promise<void> {
         keys: (r) => ({ kind: 'burst', prefix: `large-${r}`, perKey: LARGE_BURST }),
       },
     ];
+    if (redis) {
+      bursts.push({
+        name: 'burst: reject (Redis)',
+        path: '/lease/payments',
+        keys: (r) => ({ kind: 'burst', prefix: `redis-${r}`, perKey: settings.burstConnections }),
+        redis: true,
+      });
+    }
     const connectionsOf = (variant: Variant) =>
       variant === bursts[2] ? LARGE_BURST : bursts.includes(variant) ? settings.burstConnections : settings.connections;
 
@@ -127,7 +172,7 @@ async function main(): Promise<void> {
 
     log(`growth: ${settings.records.toLocaleString('en')} live records`);
     await fill(dataSource, settings.records, 'live');
-    const grownVariants = variants.filter((v) => !v.name.includes('INSERT') && !v.name.includes('hot key'));
+    const grownVariants = variants.filter((v) => !v.name.includes('INSERT') && !v.name.includes('hot key') && !v.redis);
     const grown = await interleaved(base, grownVariants, Math.max(1, settings.rounds - 1), () => settings.connections);
 
     log(`purge: ${settings.records.toLocaleString('en')} expired records, under moderate load`);
@@ -151,6 +196,7 @@ async function main(): Promise<void> {
     log(`wrote ${written.join(', ')} in ${results.durationSeconds} s`);
   } finally {
     server.child.kill('SIGTERM');
+    await redis?.stop();
     await dataSource.destroy();
     await adminQuery(serverUrl, `DROP DATABASE IF EXISTS ${name} WITH (FORCE)`).catch(() => {});
     await stopDatabase();
@@ -178,7 +224,8 @@ async function interleaved(
   return perRound;
 }
 
-async function run(base: string, variant: Variant, round: number, seconds: number, connections: number, rate?: number) {
+async function run(app: string, variant: Variant, round: number, seconds: number, connections: number, rate?: number) {
+  const base = variant.redis ? redisBase! : app;
   const keys = variant.keys(round);
   const payments = async () => Number((await db.query('SELECT count(*) AS n FROM payments'))[0].n);
   if (keys.kind === 'burst') await settle(base);
@@ -195,10 +242,12 @@ async function run(base: string, variant: Variant, round: number, seconds: numbe
   if (keys.kind === 'burst') {
     await settle(base);
     // Handler executions (one payment row each) per key used: 1 means every key ran once.
+    // Keys used: their records (PostgreSQL), or from the requests sent (Redis).
     const [{ n }] = await db.query('SELECT count(*) AS n FROM idempotency_keys WHERE idempotency_key LIKE $1', [
       keys.prefix + '-%',
     ]);
-    result.executionsPerKey = ((await payments()) - before) / Math.max(1, Number(n));
+    const used = variant.redis ? await redisKeysUsed(variant.path, keys.prefix) : Number(n);
+    result.executionsPerKey = ((await payments()) - before) / Math.max(1, used);
   }
   return result;
 }
@@ -306,9 +355,12 @@ async function adminQuery(serverUrl: string, sql: string): Promise<void> {
   }
 }
 
-async function startServer(url: string): Promise<{ url: string; child: ChildProcess }> {
+async function startServer(
+  url: string,
+  env: Record<string, string> = {},
+): Promise<{ url: string; child: ChildProcess }> {
   const child = spawn(process.execPath, [SERVER], {
-    env: { ...process.env, DATABASE_URL: url },
+    env: { ...process.env, DATABASE_URL: url, ...env },
     stdio: ['ignore', 'pipe', 'inherit'],
   });
   const port = await new Promise<number>((resolve, reject) => {
@@ -321,6 +373,40 @@ async function startServer(url: string): Promise<{ url: string; child: ChildProc
     child.once('exit', (code) => reject(new Error(`bench server exited with ${code}: ${output}`)));
   });
   return { url: `http://127.0.0.1:${port}`, child };
+}
+
+/**
+ * A second bench app whose lease-mode records are in Redis (transactional ones stay in
+ * PostgreSQL), under a key prefix of this run's, deleted at the end.
+ */
+async function redisServer(url: string): Promise<{ server: { url: string }; stop: () => Promise<void> } | undefined> {
+  const redisUrl = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
+  const { Redis } = await import('ioredis');
+  const client = new Redis(redisUrl, { lazyConnect: true, connectTimeout: 1000, maxRetriesPerRequest: 0 });
+  client.on('error', () => {});
+  try {
+    await client.connect();
+    await client.ping();
+  } catch {
+    client.disconnect();
+    return undefined;
+  }
+  const prefix = `bench-${randomBytes(4).toString('hex')}:`;
+  const server = await startServer(url, { BENCH_REDIS_URL: redisUrl, BENCH_REDIS_PREFIX: prefix });
+  redisRecords = await RedisIdempotencyStore.create({ connection: client, keyPrefix: prefix });
+  log(`Redis store bench app on ${server.url} (${redisUrl}, keys ${prefix}*)`);
+  return {
+    server,
+    stop: async () => {
+      server.child.kill('SIGTERM');
+      for (let cursor = '0'; ;) {
+        const [next, found] = await client.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 1000);
+        if (found.length > 0) await client.del(...found);
+        if ((cursor = next) === '0') break;
+      }
+      client.disconnect();
+    },
+  };
 }
 
 function log(message: string): void {

@@ -15,7 +15,10 @@ pg.Client.prototype.query = function (this: pg.Client, ...args: unknown[]) {
 async function main(): Promise<void> {
   const url = process.env.DATABASE_URL;
   if (!url) throw new Error('DATABASE_URL is required');
-  const app = await NestFactory.create(BenchModule.forRoot(url), { logger: ['error', 'warn'] });
+  const redisUrl = process.env.BENCH_REDIS_URL;
+  if (redisUrl) await countRedisCommands();
+  const redis = redisUrl ? { url: redisUrl, prefix: process.env.BENCH_REDIS_PREFIX ?? 'bench:' } : undefined;
+  const app = await NestFactory.create(BenchModule.forRoot(url, redis), { logger: ['error', 'warn'] });
   // Requests are counted where the queries are, so that requests still in flight when a
   // run ends weigh on neither side of "round trips per request".
   app.use((request: { url: string }, response: { once(event: string, done: () => void): void }, next: () => void) => {
@@ -26,6 +29,18 @@ async function main(): Promise<void> {
   const address = app.getHttpServer().address();
   console.log(`listening on port ${address.port}`);
   process.once('SIGTERM', () => void app.close().then(() => process.exit(0)));
+}
+
+/** Redis commands are round trips too (pub/sub bookkeeping aside): counted with the SQL ones. */
+async function countRedisCommands(): Promise<void> {
+  const { Redis } = await import('ioredis');
+  const prototype = Redis.prototype as unknown as { sendCommand(command: { name: string }): unknown };
+  // eslint-disable-next-line @typescript-eslint/unbound-method -- re-bound with call() below
+  const send = prototype.sendCommand;
+  prototype.sendCommand = function (this: unknown, command: { name: string }) {
+    if (!/subscribe$/i.test(command.name)) benchCounters.queries++;
+    return send.call(this, command);
+  };
 }
 
 main().catch((error) => {
