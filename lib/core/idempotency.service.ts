@@ -12,7 +12,8 @@ import { type Attempt, type ExecutionMode, Flow, where } from './flow.js';
 import { currentManager } from './idempotent-transaction.js';
 import { KeyQueue } from './key-queue.js';
 import { LeaseMode } from './lease.mode.js';
-import type { IdempotencyRecord, RecordIdentity, StoredResponse } from './record.js';
+import { auditLine } from '../operator/audit.js';
+import type { IdempotencyRecord, RecordIdentity, RecordStatus, StoredResponse } from './record.js';
 import { ResponseCipher } from './response-cipher.js';
 import { type IdempotentRunOptions, operationOf } from './run-options.js';
 import { resultOf, storedResult, unreplayable } from './stored-response.js';
@@ -263,6 +264,30 @@ export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
     const scoped = { ...identity, scope: storedScope(identity.scope) };
     const record = await this.store.find(scoped);
     return record?.response ? { ...record, response: this.cipher.open(scoped, record.response) } : record;
+  }
+
+  /**
+   * Operator action: frees an in-progress key whose owner is gone (a process that died
+   * with a long lease, a stuck job), so that the next request with it runs. Returns false
+   * when the identity has no in-progress record. Logged (method, route and `recordRef`,
+   * never the key). The owner, if it was alive after all, is fenced out of completing.
+   */
+  async releaseRecord(identity: RecordIdentity): Promise<boolean> {
+    const scoped = { ...identity, scope: storedScope(identity.scope) };
+    const released = await this.store.releaseRecord(scoped);
+    this.logger.log(auditLine('release', scoped, released ? 'released' : 'no in-progress record'));
+    return released;
+  }
+
+  /**
+   * Operator action: deletes the identity's record, completed or not, so that the key runs
+   * afresh. Returns the status it had, or null when there was none. Logged like `releaseRecord()`.
+   */
+  async deleteRecord(identity: RecordIdentity): Promise<RecordStatus | null> {
+    const scoped = { ...identity, scope: storedScope(identity.scope) };
+    const deleted = await this.store.deleteRecord(scoped);
+    this.logger.log(auditLine('delete', scoped, deleted ? `deleted (was ${deleted})` : 'no record'));
+    return deleted;
   }
 
   /** Deletes expired records in bounded batches; returns how many were deleted. */

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { DataSource } from 'typeorm';
-import type { IdempotencyRecord, RecordIdentity } from '../core/record.js';
+import type { IdempotencyRecord, RecordIdentity, RecordStatus } from '../core/record.js';
 import {
   type ClaimRequest,
   type ClaimResult,
@@ -24,6 +24,7 @@ import {
   SQL_VERIFY,
 } from './postgres/sql.js';
 import { claimFast, claimUnderLock, completeOn, identityParameters, toRecord } from './postgres/statements.js';
+import * as operator from './postgres/operator.js';
 import { PostgresStoreTransaction } from './postgres/transaction.js';
 
 export { IDEMPOTENCY_TABLE } from './postgres/sql.js';
@@ -136,6 +137,14 @@ export class PostgresIdempotencyStore extends IdempotencyStore {
         ? await this.pool.query(SQL_FIND, identityParameters(identity))
         : await this.withClient(deadline, (client) => client.query(SQL_FIND, identityParameters(identity)));
     return rows[0] ? toRecord(rows[0]) : null;
+  }
+
+  override async releaseRecord(identity: RecordIdentity): Promise<boolean> {
+    return (await operator.releaseRecord(this.pool, identity)) !== null;
+  }
+
+  override deleteRecord(identity: RecordIdentity): Promise<RecordStatus | null> {
+    return operator.deleteRecord(this.pool, identity);
   }
 
   async sharedSecret(): Promise<Buffer> {

@@ -347,5 +347,39 @@ export function describeStoreContract(name: string, setup: () => Promise<StoreHa
         expect(await store.find(live.id)).not.toBeNull();
       });
     });
+
+    describe('operator actions', () => {
+      it('releaseRecord frees an in-progress key whatever its owner, whose token is then fenced out', async () => {
+        const claim = request(identity());
+        won(await store.claim(claim));
+        expect(await store.releaseRecord(claim.identity)).toBe(true);
+        expect(await store.find(claim.identity)).toBeNull();
+        expect(await store.complete(claim.identity, claim.ownerToken, RESPONSE, HOUR)).toBe(false);
+        won(await store.claim(request(claim.identity, { fingerprint: 'fp-other' })));
+      });
+
+      it('releaseRecord leaves completed, absent and expired records alone', async () => {
+        const { id } = await completed(HOUR);
+        expect(await store.releaseRecord(id)).toBe(false);
+        expect((await store.find(id))?.response).toEqual(RESPONSE);
+        expect(await store.releaseRecord(identity())).toBe(false);
+        const abandoned = identity();
+        won(await store.claim(request(abandoned, { ttlMs: MINUTE })));
+        await harness.advance(2 * MINUTE);
+        expect(await store.releaseRecord(abandoned)).toBe(false);
+      });
+
+      it('deleteRecord removes a live record in either state and says which; null when there is none', async () => {
+        const { id } = await completed(HOUR);
+        expect(await store.deleteRecord(id)).toBe('completed');
+        expect(await store.find(id)).toBeNull();
+        won(await store.claim(request(id, { fingerprint: 'fp-other' })));
+        expect(await store.deleteRecord(id)).toBe('in_progress');
+        expect(await store.deleteRecord(id)).toBeNull();
+        const old = await completed(MINUTE);
+        await harness.advance(2 * MINUTE);
+        expect(await store.deleteRecord(old.id)).toBeNull();
+      });
+    });
   });
 }
