@@ -1,5 +1,5 @@
 import { type DynamicModule, Module } from '@nestjs/common';
-import { APP_FILTER, APP_INTERCEPTOR, DiscoveryModule } from '@nestjs/core';
+import { APP_FILTER, APP_INTERCEPTOR, DiscoveryModule, DiscoveryService, MetadataScanner } from '@nestjs/core';
 import { IdempotentRoutes } from './idempotent-routes.js';
 import { IdempotentTransaction } from './core/idempotent-transaction.js';
 import { IdempotencyExceptionFilter } from './http/idempotency.filter.js';
@@ -8,6 +8,7 @@ import { IdempotentMethods } from './method/idempotent-methods.js';
 import { MessageIdempotencyInterceptor } from './microservices/message.interceptor.js';
 import { ConfigurableIdempotencyModule, OPTIONS_TYPE } from './idempotency.module-definition.js';
 import { IdempotencyService } from './core/idempotency.service.js';
+import { documentIdempotentRoutes, OPENAPI_DOCUMENTED } from './observability/openapi.js';
 
 /**
  * `IdempotencyModule.forRoot({...})` or `.forRootAsync({ useFactory, inject, imports })`,
@@ -25,6 +26,12 @@ import { IdempotencyService } from './core/idempotency.service.js';
     { provide: APP_INTERCEPTOR, useClass: MessageIdempotencyInterceptor },
     { provide: APP_FILTER, useClass: IdempotencyExceptionFilter },
     IdempotentTransaction,
+    // With @nestjs/swagger installed, documents the idempotent routes before any document is built.
+    {
+      provide: OPENAPI_DOCUMENTED,
+      inject: [IdempotentRoutes, DiscoveryService, MetadataScanner],
+      useFactory: documentIdempotentRoutes,
+    },
   ],
   exports: [IdempotencyService, IdempotentTransaction],
 })

@@ -5,6 +5,7 @@ import { NestFactory } from '@nestjs/core';
 import { AppModule } from './app.module.js';
 import { loadBrokerFeatures } from './brokers.js';
 import { configFromEnv, numberFromEnv } from './config.js';
+import { serveApiDocs } from './docs.js';
 import { startEmbeddedDatabase } from './embedded-database.js';
 
 /**
@@ -27,6 +28,7 @@ async function bootstrap(): Promise<void> {
   const brokers = await loadBrokerFeatures(config, logger);
   const app = await NestFactory.create(AppModule.forRoot(config, brokers.imports));
   brokers.connect(app);
+  serveApiDocs(app);
   const port = numberFromEnv('PORT', 3000)!;
   await app.listen(port);
   const address = (app.getHttpServer() as Server).address();
