@@ -181,6 +181,16 @@ export interface IdempotencyModuleExtras {
    */
   dataSource?: string;
   /**
+   * Register the HTTP and message interceptors and the problem filter for the whole
+   * application. With `false`, nothing is registered application-wide: each controller with
+   * `@Idempotent()` routes names them itself, with `@UseInterceptors(IdempotencyInterceptor)`
+   * (`MessageIdempotencyInterceptor` for message handlers) and
+   * `@UseFilters(IdempotencyExceptionFilter)`. A decorated route whose controller or method
+   * does not name the interceptor fails the start-up, so that it never runs unguarded.
+   * @default true
+   */
+  global?: boolean;
+  /**
    * Another store implementation, e.g. `MemoryIdempotencyStore` in unit tests; no
    * DataSource is needed then.
    * @default PostgresIdempotencyStore

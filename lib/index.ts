@@ -8,6 +8,8 @@ export { IdempotentMethod, type IdempotentMethodOptions } from './method/idempot
 export { currentIdempotentCall, type IdempotentCall } from './method/current-call.js';
 export { IdempotencyInterceptor, REPLAYED_HEADER } from './http/idempotency.interceptor.js';
 export { IdempotencyExceptionFilter } from './http/idempotency.filter.js';
+export { MessageIdempotencyInterceptor } from './microservices/message.interceptor.js';
+export { recordRef } from './operator/record-ref.js';
 export {
   DEFAULT_REPLAY_HEADERS,
   type ConcurrencyMode,

@@ -21,6 +21,7 @@ const RESPONSE_PASSTHROUGH = '__responsePassthrough__';
 const SSE = '__sse__';
 const HEADERS = '__headers__';
 const HTTP_CODE = '__httpCode__';
+const INTERCEPTORS = '__interceptors__';
 /** `@MessagePattern()` / `@EventPattern()` of `@nestjs/microservices`. */
 const MESSAGE_PATTERN = 'microservices:pattern';
 /** `PatternHandler.MESSAGE` (1) or `.EVENT` (2). */
@@ -138,4 +139,12 @@ export function successStatusOf(handler: Handler): number {
   const code = Reflect.getMetadata(HTTP_CODE, handler) as number | undefined;
   if (code) return code;
   return Reflect.getMetadata(METHOD, handler) === 1 ? 201 : 200; // RequestMethod.POST is 1
+}
+
+/** Whether `@UseInterceptors()` on the controller or the handler names `interceptor` (its class or an instance). */
+export function namesInterceptor(controller: Type, handler: Handler, interceptor: Type): boolean {
+  const named = [controller, handler].flatMap(
+    (target) => (Reflect.getMetadata(INTERCEPTORS, target) ?? []) as unknown[],
+  );
+  return named.some((entry) => entry === interceptor || entry instanceof interceptor);
 }
