@@ -3,6 +3,11 @@ export { IdempotencyModule } from './idempotency.module.js';
 export { Idempotent, IDEMPOTENT_METADATA } from './idempotent.decorator.js';
 export { IdempotentManager, IdempotentTransaction } from './core/idempotent-transaction.js';
 export { IdempotencyService } from './core/idempotency.service.js';
+export {
+  IdempotentTransactionalAdapterTypeOrm,
+  type IdempotentTypeOrmAdapterOptions,
+  type IdempotentTypeOrmTransactionOptions,
+} from './nestjs-cls/idempotent-typeorm.adapter.js';
 export type { IdempotentRunOptions } from './core/run-options.js';
 export { IdempotentMethod, type IdempotentMethodOptions } from './method/idempotent-method.decorator.js';
 export { currentIdempotentCall, type IdempotentCall } from './method/current-call.js';
