@@ -25,6 +25,7 @@ import {
 } from './postgres/sql.js';
 import { claimFast, claimUnderLock, completeOn, identityParameters, toRecord } from './postgres/statements.js';
 import * as operator from './postgres/operator.js';
+import { watchSecondConnections } from './postgres/second-connections.js';
 import { PostgresStoreTransaction } from './postgres/transaction.js';
 
 export { IDEMPOTENCY_TABLE } from './postgres/sql.js';
@@ -49,6 +50,7 @@ export class PostgresIdempotencyStore extends IdempotencyStore {
     // TypeOrmModule does before any provider that injects it is created.
     this.pool = (dataSource.driver as unknown as { master: Pool }).master;
     guardClients(this.pool);
+    watchSecondConnections(this.pool);
   }
 
   async claim(request: ClaimRequest): Promise<ClaimResult> {

@@ -8,8 +8,9 @@ import { createEffectsTable, effectCount } from '../support/effects.js';
 const CLS_APP = fileURLToPath(new URL('../support/cls-app.js', import.meta.url));
 
 interface Outcome {
-  scenario: string;
-  key: string;
+  scenario?: string;
+  key?: string;
+  warning?: string;
   value?: unknown;
   error?: string;
 }
@@ -102,6 +103,14 @@ describe('nestjs-cls bridge: IdempotentTransactionalAdapterTypeOrm', () => {
     expect(outcome('stock-fail', keys.stock)).toEqual([expect.objectContaining({ error: 'failed after the write' })]);
     expect(await effectCount(db.pool, 'stock', keys.stock)).toBe(1);
     expect(await records(keys.stock)).toEqual([]);
+  });
+
+  it("only the stock adapter's write is reported, with the operation's name, as outside the transaction", () => {
+    const warnings = outcomes.flatMap((entry, index) => (entry.warning ? [{ index, warning: entry.warning }] : []));
+    expect(warnings).toHaveLength(1);
+    expect(warnings[0].warning).toMatch(/^call charge: a second database connection was taken/);
+    // Right before the outcome of the stock scenario: nothing of the adapter's own scenarios before it.
+    expect(outcomes[warnings[0].index + 1]).toMatchObject({ scenario: 'stock-fail' });
   });
 
   it('outside transactional operations it behaves as the stock adapter', async () => {

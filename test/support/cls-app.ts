@@ -67,7 +67,13 @@ class Ledger {
 })
 class ClsApp {}
 
-const app = await NestFactory.createApplicationContext(ClsApp, { logger: ['error', 'warn'] });
+// Warnings go to stdout as JSON lines, in order with the scenarios' outcomes.
+const logger = {
+  log: () => {},
+  error: (message: unknown) => console.error(String(message)),
+  warn: (message: unknown) => console.log(JSON.stringify({ warning: String(message) })),
+};
+const app = await NestFactory.createApplicationContext(ClsApp, { logger });
 const service = app.get(IdempotencyService);
 const ledger = app.get(Ledger);
 
