@@ -1,4 +1,14 @@
-import { Body, Controller, type DynamicModule, Get, Module, Post } from '@nestjs/common';
+import {
+  Body,
+  Controller,
+  type DynamicModule,
+  Get,
+  Inject,
+  Module,
+  type OnApplicationShutdown,
+  Post,
+} from '@nestjs/common';
+import pg from 'pg';
 import { TypeOrmModule } from '@nestjs/typeorm';
 import { DataSource, type EntityManager } from 'typeorm';
 import { Idempotent, IdempotencyModule, IdempotentManager } from '../lib/index.js';
@@ -12,14 +22,23 @@ interface Charge {
 /** Counters the bench server exposes: SQL round trips (server.ts) and requests answered. */
 export const benchCounters = { queries: 0, requests: 0 };
 
+const PAYMENT_INSERT = `INSERT INTO payments (user_id, amount, currency, status) VALUES ('bench', $1, $2, 'succeeded') RETURNING id`;
+
+/** The pool of the plain-INSERT handler: node-postgres alone, as an app without an ORM has it. */
+const PLAIN_POOL = 'BENCH_PLAIN_POOL';
+
 /**
- * One payment handler behind three routes: without the library (the baseline), in lease
- * mode and in transactional mode. The handler is the same code; only the EntityManager it
- * writes through differs (transactional mode hands it the request's transaction).
+ * Two payment handlers, each behind a baseline route (no library), a lease-mode route and
+ * a transactional route: one saves the payment with TypeORM's save() (which opens a
+ * transaction of its own), the other sends one INSERT through a pg pool (in transactional
+ * mode, through the request's transaction). Only the connection they write through differs.
  */
 @Controller()
-class BenchController {
-  constructor(private readonly dataSource: DataSource) {}
+class BenchController implements OnApplicationShutdown {
+  constructor(
+    private readonly dataSource: DataSource,
+    @Inject(PLAIN_POOL) private readonly pool: pg.Pool,
+  ) {}
 
   @Post('baseline/payments')
   baseline(@Body() body: Charge) {
@@ -36,6 +55,29 @@ class BenchController {
   @Idempotent({ transactional: true, concurrency: 'wait' })
   transactional(@Body() body: Charge, @IdempotentManager() manager: EntityManager) {
     return this.charge(manager, body);
+  }
+
+  @Post('baseline/inserts')
+  async baselineInsert(@Body() body: Charge) {
+    const { rows } = await this.pool.query<{ id: string }>(PAYMENT_INSERT, [body.amount, body.currency]);
+    return { id: rows[0].id };
+  }
+
+  @Post('lease/inserts')
+  @Idempotent()
+  leaseInsert(@Body() body: Charge) {
+    return this.baselineInsert(body);
+  }
+
+  @Post('tx/inserts')
+  @Idempotent({ transactional: true, concurrency: 'wait' })
+  async transactionalInsert(@Body() body: Charge, @IdempotentManager() manager: EntityManager) {
+    const [row] = await manager.query<{ id: string }[]>(PAYMENT_INSERT, [body.amount, body.currency]);
+    return { id: row.id };
+  }
+
+  async onApplicationShutdown(): Promise<void> {
+    await this.pool.end();
   }
 
   /** What the runner reads between runs: this process's CPU time, memory and SQL round trips. */
@@ -71,6 +113,7 @@ export class BenchModule {
         IdempotencyModule.forRoot({ scope: (request) => String(request.headers['x-user-id'] ?? 'bench') }),
       ],
       controllers: [BenchController],
+      providers: [{ provide: PLAIN_POOL, useFactory: () => new pg.Pool({ connectionString: url, max: 10 }) }],
     };
   }
 }

@@ -17,6 +17,10 @@ export interface Comparison {
   ratioMax: number;
   /** Median over rounds of p99 − baseline p99 of the same round, in ms. */
   addedP99: number;
+  /** The baseline this variant is compared with. */
+  baseline: string;
+  /** Median over rounds of app CPU per request − the baseline's of the same round, in µs. */
+  addedCpu: number;
   statuses: Record<string, number>;
   errors: number;
   executionsPerKey?: number;
@@ -35,6 +39,8 @@ export interface BenchResults {
   durationSeconds: number;
   machine: { cpu: string; cores: number; memoryGiB: number; node: string; postgres: string; date: string };
   throughput: Comparison[];
+  /** First executions at other numbers of connections. */
+  scaling: { connections: number; rows: Comparison[] }[];
   moderate: Comparison[];
   grown: Comparison[];
   purge: {
@@ -63,7 +69,8 @@ export function compare(perRound: Measurement[][]): Comparison[] {
   );
   return order.map((variant) => {
     const runs = perRound.map((round) => round.find((m) => m.variant === variant)!);
-    const baselines = perRound.map((round) => round.find((m) => m.variant === 'baseline')!);
+    const baseline = baselineFor(variant);
+    const baselines = perRound.map((round) => round.find((m) => m.variant === baseline)!);
     const ratios = runs.map((run, i) => run.rps / baselines[i].rps);
     const statuses: Record<string, number> = {};
     for (const run of runs)
@@ -81,6 +88,8 @@ export function compare(perRound: Measurement[][]): Comparison[] {
       ratioMin: Math.min(...ratios),
       ratioMax: Math.max(...ratios),
       addedP99: median(runs.map((run, i) => run.p99 - baselines[i].p99)),
+      baseline,
+      addedCpu: median(runs.map((run, i) => run.cpuPerRequest - baselines[i].cpuPerRequest)),
       statuses,
       errors: runs.reduce((sum, r) => sum + r.errors, 0),
       executionsPerKey: executions.length ? Math.max(...executions) : undefined,
@@ -88,36 +97,110 @@ export function compare(perRound: Measurement[][]): Comparison[] {
   });
 }
 
+/**
+ * Each variant is compared with the baseline of its handler: the TypeORM save() one, or,
+ * for the "(INSERT)" variants, the one whose handler sends a single INSERT through a pg pool.
+ */
+export function baselineFor(variant: string): string {
+  return variant.endsWith('(INSERT)') ? 'baseline (INSERT)' : 'baseline';
+}
+
+const isBaseline = (variant: string) => variant.startsWith('baseline');
 const fixed = (n: number, digits = 2) => n.toFixed(digits);
-const baselineOf = (rows: Comparison[]) => rows.find((r) => r.variant === 'baseline')!;
+const signed = (n: number, digits = 2) => `${n >= 0 ? '+' : ''}${n.toFixed(digits)}`;
 
 function throughputTable(rows: Comparison[]): string {
-  const base = baselineOf(rows);
+  const byName = new Map(rows.map((r) => [r.variant, r]));
   const lines = [
-    '| variant | req/s | × baseline (min–max over rounds) | p50 ms | p99 ms | app CPU µs/req | × baseline CPU | SQL round trips/req (added) | responses |',
-    '| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |',
+    '| variant | req/s | × its baseline (min–max over rounds) | p50 ms | p99 ms | app CPU µs/req (added) | SQL round trips/req (added) | responses |',
+    '| --- | ---: | --- | ---: | ---: | ---: | ---: | --- |',
   ];
   for (const r of rows) {
-    const added =
-      r.variant === 'baseline'
-        ? ''
-        : ` (${r.queriesPerRequest - base.queriesPerRequest >= 0 ? '+' : ''}${fixed(r.queriesPerRequest - base.queriesPerRequest)})`;
+    const base = byName.get(r.baseline)!;
+    const own = isBaseline(r.variant);
     const statuses = Object.entries(r.statuses)
       .map(([code, n]) => `${code}: ${n}`)
       .join(', ');
     const once = r.executionsPerKey === undefined ? '' : `; executions per key: ${fixed(r.executionsPerKey)}`;
+    const cpu = `${Math.round(r.cpuPerRequest)}${own ? '' : ` (${signed(r.addedCpu, 0)})`}`;
+    const trips = `${fixed(r.queriesPerRequest)}${own ? '' : ` (${signed(r.queriesPerRequest - base.queriesPerRequest)})`}`;
     lines.push(
-      `| ${r.variant} | ${Math.round(r.rps)} | **${fixed(r.ratio)}** (${fixed(r.ratioMin)}–${fixed(r.ratioMax)}) | ${fixed(r.p50, 1)} | ${fixed(r.p99, 1)} | ${Math.round(r.cpuPerRequest)} | ${fixed(r.cpuPerRequest / base.cpuPerRequest)} | ${fixed(r.queriesPerRequest)}${added} | ${statuses}${once} |`,
+      `| ${r.variant} | ${Math.round(r.rps)} | **${fixed(r.ratio)}** (${fixed(r.ratioMin)}–${fixed(r.ratioMax)}) | ${fixed(r.p50, 1)} | ${fixed(r.p99, 1)} | ${cpu} | ${trips} | ${statuses}${once} |`,
     );
   }
   return lines.join('\n');
+}
+
+function scalingTable(results: BenchResults): string {
+  const lines = [
+    '| connections | variant | req/s | × baseline (min–max) | p99 ms | app CPU µs/req (added) | SQL round trips/req |',
+    '| ---: | --- | ---: | --- | ---: | ---: | ---: |',
+  ];
+  const main = { connections: results.settings.connections, rows: results.throughput };
+  const levels = [...results.scaling, main].sort((a, b) => a.connections - b.connections);
+  for (const { connections, rows } of levels) {
+    for (const r of rows.filter((row) => ['baseline', 'lease: first', 'transactional: first'].includes(row.variant))) {
+      const cpu = `${Math.round(r.cpuPerRequest)}${isBaseline(r.variant) ? '' : ` (${signed(r.addedCpu, 0)})`}`;
+      lines.push(
+        `| ${connections} | ${r.variant} | ${Math.round(r.rps)} | ${fixed(r.ratio)} (${fixed(r.ratioMin)}–${fixed(r.ratioMax)}) | ${fixed(r.p99, 1)} | ${cpu} | ${fixed(r.queriesPerRequest)} |`,
+      );
+    }
+  }
+  return lines.join('\n');
+}
+
+/** The figures the README quotes, each with its target. */
+function headline(results: BenchResults): string {
+  const t = new Map(results.throughput.map((r) => [r.variant, r]));
+  const m = new Map(results.moderate.map((r) => [r.variant, r]));
+  const row = (what: string, target: string, value: string) => `| ${what} | ${target} | ${value} |`;
+  const ratio = (name: string) =>
+    `${fixed(t.get(name)!.ratio)} (${fixed(t.get(name)!.ratioMin)}–${fixed(t.get(name)!.ratioMax)})`;
+  return [
+    '| figure | target | measured |',
+    '| --- | --- | --- |',
+    row('lease mode, first execution, × baseline (save())', '≥ 0.7', ratio('lease: first')),
+    row('lease mode, first execution, × baseline (INSERT)', '≥ 0.7', ratio('lease: first (INSERT)')),
+    row('transactional mode, first execution, × baseline (save())', '≥ 0.85', ratio('transactional: first')),
+    row('transactional mode, first execution, × baseline (INSERT)', '≥ 0.5', ratio('transactional: first (INSERT)')),
+    row(
+      'replays, many keys, lease / transactional',
+      '≥ 1.5',
+      `${ratio('lease: replay')} / ${ratio('transactional: replay')}`,
+    ),
+    row(
+      'replays, one hot key, lease / transactional',
+      '≥ 1.5',
+      `${ratio('lease: replay, one hot key')} / ${ratio('transactional: replay, one hot key')}`,
+    ),
+    row(
+      `app CPU added per first execution at ${results.settings.moderateRate} req/s, µs, lease / transactional (save())`,
+      '≤ 150 / ≤ 300',
+      `${Math.round(m.get('lease: first')!.addedCpu)} / ${Math.round(m.get('transactional: first')!.addedCpu)}`,
+    ),
+    row(
+      `p99 added at ${results.settings.moderateRate} req/s, ms, lease / transactional (save())`,
+      '≤ 2',
+      `${fixed(m.get('lease: first')!.addedP99, 1)} / ${fixed(m.get('transactional: first')!.addedP99, 1)}`,
+    ),
+    row(
+      'SQL round trips added per first execution, lease / transactional (save())',
+      '≤ 1 / ≤ 1',
+      `${signed(t.get('lease: first')!.queriesPerRequest - t.get('baseline')!.queriesPerRequest)} / ${signed(t.get('transactional: first')!.queriesPerRequest - t.get('baseline')!.queriesPerRequest)}`,
+    ),
+    row(
+      'SQL round trips per replay, lease / transactional',
+      '1',
+      `${fixed(t.get('lease: replay')!.queriesPerRequest)} / ${fixed(t.get('transactional: replay')!.queriesPerRequest)}`,
+    ),
+  ].join('\n');
 }
 
 function markdown(results: BenchResults): string {
   const { machine: m, settings: s, purge } = results;
   const small = new Map(results.throughput.map((r) => [r.variant, r]));
   const growth = results.grown
-    .filter((r) => r.variant !== 'baseline')
+    .filter((r) => !isBaseline(r.variant))
     .map((r) => {
       const before = small.get(r.variant)!;
       return `| ${r.variant} | ${fixed(before.ratio)} | ${fixed(r.ratio)} | ${fixed(before.p99, 1)} | ${fixed(r.p99, 1)} | ${Math.round(before.cpuPerRequest)} | ${Math.round(r.cpuPerRequest)} |`;
@@ -125,7 +208,7 @@ function markdown(results: BenchResults): string {
   const moderate = results.moderate
     .map(
       (r) =>
-        `| ${r.variant} | ${fixed(r.p50, 1)} | ${fixed(r.p99, 1)} | ${r.variant === 'baseline' ? '' : fixed(r.addedP99, 1)} |`,
+        `| ${r.variant} | ${fixed(r.p50, 1)} | ${fixed(r.p99, 1)} | ${isBaseline(r.variant) ? '' : fixed(r.addedP99, 1)} | ${Math.round(r.cpuPerRequest)} | ${isBaseline(r.variant) ? '' : Math.round(r.addedCpu)} |`,
     )
     .join('\n');
   const mib = (bytes: number) => `${Math.round(bytes / 2 ** 20)} MiB`;
@@ -138,21 +221,33 @@ and the load generator (autocannon) share the machine. Every figure is compared 
 same round of the same run; rounds run the variants interleaved, in an order rotated each round. Medians over
 ${s.rounds} rounds of ${s.seconds} s; the spread is the lowest and highest ratio over the rounds.
 
-The handler is the same for every variant: it saves one row to \`payments\` with TypeORM's \`save()\`. The baseline
-is that route without \`@Idempotent\`. "first" sends a fresh key with every request; "replay" cycles through
-${200} completed keys; a burst sends 50 consecutive requests per key over ${s.burstConnections} connections.
+Two handlers, each behind a route without \`@Idempotent\` (its baseline), a lease-mode route and a transactional
+route: one saves a row to \`payments\` with TypeORM's \`save()\` (three round trips: BEGIN, INSERT, COMMIT); the
+"(INSERT)" one sends one INSERT through a pg pool (in transactional mode, through the request's transaction).
+Each variant is compared with the baseline of its handler. "first" sends a fresh key with every request; "replay"
+cycles through ${200} completed keys, or hammers one; a burst sends as many consecutive requests per key as it has
+connections, so that they arrive together.
+
+## Headline
+
+${headline(results)}
 
 ## Throughput (${s.connections} connections)
 
 ${throughputTable(results.throughput)}
 
 SQL round trips are counted by wrapping the driver in the app process (\`bench/server.ts\`); "added" is the
-difference to the baseline, whose \`save()\` costs three (BEGIN, INSERT, COMMIT).
+difference to the variant's baseline. Concurrent lease-mode claims and completions share statements (group
+commit), so under load they cost less than one round trip each.
 
-## Latency at moderate load (${s.moderateRate} requests/s, 4 connections)
+## First executions against load
 
-| variant | p50 ms | p99 ms | p99 added to the baseline's, ms |
-| --- | ---: | ---: | ---: |
+${scalingTable(results)}
+
+## Latency and CPU at moderate load (${s.moderateRate} requests/s, 4 connections)
+
+| variant | p50 ms | p99 ms | p99 added to the baseline's, ms | app CPU µs/req | added to the baseline's, µs |
+| --- | ---: | ---: | ---: | ---: | ---: |
 ${moderate}
 
 ## Growth: ${s.records.toLocaleString('en')} live records in \`idempotency_keys\`
@@ -186,21 +281,20 @@ function svg(results: BenchResults): string {
     .map((r, i) => {
       const y = 50 + i * 26;
       const w = Math.max(1, (r.rps / maxRps) * barWidth);
-      const color =
-        r.variant === 'baseline'
-          ? '#888'
-          : r.variant.startsWith('burst')
-            ? '#b07aa1'
-            : r.variant.includes('replay')
-              ? '#59a14f'
-              : '#4e79a7';
+      const color = isBaseline(r.variant)
+        ? '#888'
+        : r.variant.startsWith('burst')
+          ? '#b07aa1'
+          : r.variant.includes('replay')
+            ? '#59a14f'
+            : '#4e79a7';
       return `<text x="${barLeft - 8}" y="${y + 14}" text-anchor="end">${r.variant}</text>
 <rect x="${barLeft}" y="${y}" width="${w.toFixed(1)}" height="18" fill="${color}"/>
 <text x="${barLeft + w + 6}" y="${y + 14}">${Math.round(r.rps)}/s (×${r.ratio.toFixed(2)})</text>`;
     })
     .join('\n');
   const top = 70 + rows.length * 26;
-  const grown = results.grown.filter((r) => r.variant !== 'baseline');
+  const grown = results.grown.filter((r) => !isBaseline(r.variant));
   const small = new Map(results.throughput.map((r) => [r.variant, r]));
   const maxP99 = Math.max(...grown.flatMap((r) => [r.p99, small.get(r.variant)!.p99]));
   const groups = grown

@@ -16,8 +16,12 @@ import { type BenchResults, compare, writeReport } from './report.js';
  */
 const quick = process.argv.includes('--quick');
 const settings = quick
-  ? { rounds: 2, seconds: 2, connections: 32, burstConnections: 50, records: 50_000, moderateRate: 100 }
-  : { rounds: 3, seconds: 6, connections: 32, burstConnections: 50, records: 1_000_000, moderateRate: 100 };
+  ? { rounds: 2, seconds: 2, connections: 50, burstConnections: 50, records: 50_000, moderateRate: 100 }
+  : { rounds: 3, seconds: 6, connections: 50, burstConnections: 50, records: 1_000_000, moderateRate: 100 };
+/** Load levels beside the main one, to show how the cost grows with concurrency. */
+const SCALING_CONNECTIONS = [10, 100];
+/** Clients of the large duplicate burst, all on one key at a time. */
+const LARGE_BURST = 200;
 
 let db: DataSource;
 
@@ -54,45 +58,68 @@ async function main(): Promise<void> {
       lease: await completeKeys(base, '/lease/payments', 'replay-lease'),
       tx: await completeKeys(base, '/tx/payments', 'replay-tx'),
     };
+    const fresh = (): KeyPlan => ({ kind: 'fresh' });
     const variants: Variant[] = [
       { name: 'baseline', path: '/baseline/payments', keys: () => ({ kind: 'none' }) },
-      { name: 'lease: first', path: '/lease/payments', keys: () => ({ kind: 'fresh' }) },
-      { name: 'transactional: first', path: '/tx/payments', keys: () => ({ kind: 'fresh' }) },
+      { name: 'lease: first', path: '/lease/payments', keys: fresh },
+      { name: 'transactional: first', path: '/tx/payments', keys: fresh },
+      // The same three with a handler that sends one INSERT through a pg pool.
+      { name: 'baseline (INSERT)', path: '/baseline/inserts', keys: () => ({ kind: 'none' }) },
+      { name: 'lease: first (INSERT)', path: '/lease/inserts', keys: fresh },
+      { name: 'transactional: first (INSERT)', path: '/tx/inserts', keys: fresh },
       { name: 'lease: replay', path: '/lease/payments', keys: () => ({ kind: 'cycle', keys: keys.lease }) },
       { name: 'transactional: replay', path: '/tx/payments', keys: () => ({ kind: 'cycle', keys: keys.tx }) },
-      // Every connection on one key ('wait' mode): replays must not queue behind one another.
+      // Every connection on one key: replays must not queue behind one another.
+      {
+        name: 'lease: replay, one hot key',
+        path: '/lease/payments',
+        keys: () => ({ kind: 'cycle', keys: keys.lease.slice(0, 1) }),
+      },
       {
         name: 'transactional: replay, one hot key',
         path: '/tx/payments',
         keys: () => ({ kind: 'cycle', keys: keys.tx.slice(0, 1) }),
       },
     ];
+    const firsts = variants.slice(0, 3);
     const bursts: Variant[] = [
       {
         name: 'burst: wait (transactional)',
         path: '/tx/payments',
-        keys: (r) => ({ kind: 'burst', prefix: `wait-${r}`, perKey: 50 }),
+        keys: (r) => ({ kind: 'burst', prefix: `wait-${r}`, perKey: settings.burstConnections }),
       },
       {
         name: 'burst: reject (lease)',
         path: '/lease/payments',
-        keys: (r) => ({ kind: 'burst', prefix: `reject-${r}`, perKey: 50 }),
+        keys: (r) => ({ kind: 'burst', prefix: `reject-${r}`, perKey: settings.burstConnections }),
+      },
+      {
+        name: `burst: ${LARGE_BURST} clients (transactional, wait)`,
+        path: '/tx/payments',
+        keys: (r) => ({ kind: 'burst', prefix: `large-${r}`, perKey: LARGE_BURST }),
       },
     ];
+    const connectionsOf = (variant: Variant) =>
+      variant === bursts[2] ? LARGE_BURST : bursts.includes(variant) ? settings.burstConnections : settings.connections;
 
     log('warming up');
     for (const variant of variants) await run(base, variant, 0, Math.min(settings.seconds, 2), settings.connections);
     const rssAtStart = (await stats(base)).rss;
 
     log('throughput, interleaved rounds');
-    const throughput = await interleaved(base, [...variants, ...bursts], settings.rounds, (variant) =>
-      bursts.includes(variant) ? settings.burstConnections : settings.connections,
-    );
+    const throughput = await interleaved(base, [...variants, ...bursts], settings.rounds, connectionsOf);
+
+    const scaling: BenchResults['scaling'] = [];
+    for (const connections of SCALING_CONNECTIONS) {
+      log(`first executions at ${connections} connections`);
+      const rows = await interleaved(base, firsts, Math.max(1, settings.rounds - 1), () => connections);
+      scaling.push({ connections, rows: compare(rows) });
+    }
 
     log(`moderate load: ${settings.moderateRate} requests/s`);
     const moderate = await interleaved(
       base,
-      variants.slice(0, 3),
+      variants.slice(0, 6),
       quick ? 1 : settings.rounds,
       () => MODERATE_CONNECTIONS,
       settings.moderateRate,
@@ -100,7 +127,8 @@ async function main(): Promise<void> {
 
     log(`growth: ${settings.records.toLocaleString('en')} live records`);
     await fill(dataSource, settings.records, 'live');
-    const grown = await interleaved(base, variants, Math.max(1, settings.rounds - 1), () => settings.connections);
+    const grownVariants = variants.filter((v) => !v.name.includes('INSERT') && !v.name.includes('hot key'));
+    const grown = await interleaved(base, grownVariants, Math.max(1, settings.rounds - 1), () => settings.connections);
 
     log(`purge: ${settings.records.toLocaleString('en')} expired records, under moderate load`);
     const purge = await purgeUnderLoad(base, dataSource, variants[1]);
@@ -112,6 +140,7 @@ async function main(): Promise<void> {
       durationSeconds: 0,
       machine: await machine(dataSource),
       throughput: compare(throughput),
+      scaling,
       moderate: compare(moderate),
       grown: compare(grown),
       purge,

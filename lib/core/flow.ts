@@ -37,6 +37,11 @@ export interface Attempt {
  * how a key is claimed, how the handler runs, and how its outcome is stored or undone.
  */
 export interface ExecutionMode {
+  /**
+   * Whether the claim is itself one plain read when the record is completed (lease mode),
+   * so that a replay costs no more through it than through a look-up first.
+   */
+  readonly claimAnswersReplays: boolean;
   /** Claims the key, or answers from the record someone else holds (waiting for it in `'wait'`). */
   begin(attempt: Attempt): Promise<Outcome>;
   /** Runs the handler of a won claim. */

@@ -149,17 +149,22 @@ export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
     const waitUntil = now + (waiting ? options.waitTimeoutMs : 0);
     const acquireBy = now + options.waitTimeoutMs;
     const attempt: Attempt = { identity, fingerprints, options, waitUntil, acquireBy, leave: () => {} };
-    // Replays (and 422s) first, before the per-key queue: a completed record needs no turn,
-    // so replays of one hot key never wait for one another.
-    const answered = await this.answerFromCompleted(attempt);
-    if (answered) return answered;
     const mode = this.modeOf(options);
+    const queueKey = waiting ? JSON.stringify(identity) : '';
+    // Replays (and 422s) first, before the per-key queue: a completed record needs no turn,
+    // so replays of one hot key never wait for one another. Where the claim is that same
+    // read, a first execution skips it, unless a request for the key is already queued here.
+    if (!mode.claimAnswersReplays || (waiting && this.queue.busy(queueKey))) {
+      const answered = await this.answerFromCompleted(attempt);
+      if (answered) return answered;
+    }
     if (!waiting) return mode.begin(attempt);
-    const { leave, waited } = await this.queue.enter(JSON.stringify(identity), waitUntil, options.retryAfterSeconds);
+    const { leave, waited } = await this.queue.enter(queueKey, waitUntil, options.retryAfterSeconds);
     attempt.leave = leave;
     try {
       // Behind another request for this key, which has most likely completed it meanwhile.
-      const outcome = (waited ? await this.answerFromCompleted(attempt) : undefined) ?? (await mode.begin(attempt));
+      const reread = waited && !mode.claimAnswersReplays;
+      const outcome = (reread ? await this.answerFromCompleted(attempt) : undefined) ?? (await mode.begin(attempt));
       if (outcome.kind !== 'execute') leave();
       return outcome;
     } catch (error) {
@@ -298,7 +303,8 @@ export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
   /**
    * Replays (and 422s) first, with one plain indexed read: a completed record needs no
    * claim statement and no transaction, and holds no pooled connection beyond the query,
-   * which matters most in a retry storm. A first execution pays it as one extra read.
+   * which matters most in a retry storm. A first execution pays it as one extra read
+   * (only where the mode's claim cannot answer replays itself).
    */
   private async answerFromCompleted(attempt: Attempt): Promise<Outcome | undefined> {
     const { flow } = this;

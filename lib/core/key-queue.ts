@@ -9,6 +9,11 @@ import { RequestInProgressError } from '../errors.js';
 export class KeyQueue {
   private readonly tails = new Map<string, Promise<void>>();
 
+  /** Whether a request for `key` is in the queue (running or waiting). */
+  busy(key: string): boolean {
+    return this.tails.has(key);
+  }
+
   /**
    * Waits until every earlier request for `key` has left, or throws 409 at `deadline`.
    * Returns the function that lets the next one in (call it exactly once), and whether

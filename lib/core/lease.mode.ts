@@ -17,6 +17,7 @@ const MAX_COMPLETION_BACKOFF_MS = 5000;
  * own: once it has run, its effect has happened, whatever becomes of the record.
  */
 export class LeaseMode implements ExecutionMode {
+  readonly claimAnswersReplays = true;
   private shuttingDown = false;
   /** Completions still being retried after the response was sent. */
   private readonly pendingCompletions = new Set<Promise<void>>();

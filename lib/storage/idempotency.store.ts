@@ -160,24 +160,26 @@ export abstract class IdempotencyStore {
 export interface StoreTransaction {
   /** The handler's view of the transaction: a TypeORM EntityManager for PostgreSQL. */
   readonly manager: unknown;
-  /** Claims inside the transaction, waiting for another owner until `waitUntil` (epoch ms) at most. */
-  claim(request: ClaimRequest, waitUntil: number): Promise<ClaimResult>;
   /**
-   * Marks where the handler's writes start (the claim stays if they are discarded). The
-   * transaction may sit idle between the handler's statements for `idleLimitMs` at most:
-   * that bounds how long the key of a host that vanished stays blocked.
+   * Claims inside the transaction, waiting for another owner until `waitUntil` (epoch ms)
+   * at most. A won claim has also marked where the handler's writes start (the claim stays
+   * if they are discarded), and lets the transaction sit idle between the handler's
+   * statements for `idleLimitMs` at most: that bounds how long the key of a host that
+   * vanished stays blocked.
    */
-  beginHandler(idleLimitMs: number): Promise<void>;
+  claim(request: ClaimRequest, waitUntil: number, idleLimitMs: number): Promise<ClaimResult>;
   /** Discards the handler's writes, keeping the claim (a stored 4xx error). */
   discardHandlerWrites(): Promise<void>;
-  complete(identity: RecordIdentity, ownerToken: string, response: ResponsePayload, ttlMs: number): Promise<boolean>;
   /**
    * Whether the connection broke while the transaction was open (the database rolled it
    * back); `cause`, an error the handler threw, may tell it before the connection does.
    */
   isLost(cause?: unknown): boolean;
-  /** Commits the record and the handler's writes together; throws if it could not. */
-  commit(): Promise<void>;
+  /**
+   * Completes the owned record with `response` and commits it with the handler's writes,
+   * together or not at all; throws if it could not.
+   */
+  commit(identity: RecordIdentity, ownerToken: string, response: ResponsePayload, ttlMs: number): Promise<void>;
   /** Rolls everything back, the claim included; never throws, and is a no-op once settled. */
   rollback(): Promise<void>;
 }

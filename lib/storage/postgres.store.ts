@@ -23,7 +23,21 @@ import {
   SQL_SHARED_SECRET,
   SQL_VERIFY,
 } from './postgres/sql.js';
-import { claimFast, claimUnderLock, completeOn, identityParameters, toRecord } from './postgres/statements.js';
+import { GroupedStatements } from './postgres/grouped-statements.js';
+import {
+  claimFast,
+  claimFastMany,
+  claimUnderLock,
+  type Completion,
+  completeMany,
+  completeOn,
+  findMany,
+  identityKey,
+  type Lookup,
+  identityParameters,
+  responseText,
+  toRecord,
+} from './postgres/statements.js';
 import * as operator from './postgres/operator.js';
 import { watchSecondConnections } from './postgres/second-connections.js';
 import { PostgresStoreTransaction } from './postgres/transaction.js';
@@ -31,12 +45,29 @@ import { PostgresStoreTransaction } from './postgres/transaction.js';
 export { IDEMPOTENCY_TABLE } from './postgres/sql.js';
 
 /**
+ * One statement of each kind in flight at a time: concurrent ones wait for it and then go
+ * together, which is what makes the groups form under load.
+ */
+const GROUP_LIMITS = { maxInFlight: 1, maxSize: 100 };
+
+function earliest(requests: readonly { deadline?: number }[]): number | undefined {
+  const deadlines = requests.flatMap((request) => (request.deadline === undefined ? [] : [request.deadline]));
+  return deadlines.length > 0 ? Math.min(...deadlines) : undefined;
+}
+
+/**
  * The PostgreSQL store: records in the `idempotency_keys` table, on the application's
- * TypeORM DataSource. It talks to the DataSource's node-postgres pool directly: one
- * pooled query per operation, without a TypeORM QueryRunner per call.
+ * TypeORM DataSource. It talks to the DataSource's node-postgres pool directly, without a
+ * TypeORM QueryRunner per call. Lease-mode claims and completions that arrive together share
+ * a statement (group commit); a transactional request's own statements take two round trips.
  */
 export class PostgresIdempotencyStore extends IdempotencyStore {
   private readonly pool: Pool;
+  /** Lease-mode claims' fast path and completions, a statement per group of concurrent ones. */
+  private readonly claims: GroupedStatements<ClaimRequest, ClaimResult | undefined>;
+  private readonly completions: GroupedStatements<Completion, boolean>;
+  /** Look-ups (replays, before a transactional claim), a statement per group of concurrent ones. */
+  private readonly finds: GroupedStatements<Lookup, IdempotencyRecord | null>;
 
   constructor(private readonly dataSource: DataSource) {
     super();
@@ -51,10 +82,33 @@ export class PostgresIdempotencyStore extends IdempotencyStore {
     this.pool = (dataSource.driver as unknown as { master: Pool }).master;
     guardClients(this.pool);
     watchSecondConnections(this.pool);
+    this.claims = new GroupedStatements({
+      one: (request) => this.withClient(request.deadline, (client) => claimFast(client, request)),
+      // The group waits for a connection until the earliest of its deadlines.
+      // Claims of one key share a statement too (replays of a hot key must not queue): it tells the winner.
+      many: (requests) => this.withClient(earliest(requests), (client) => claimFastMany(client, requests)),
+      ...GROUP_LIMITS,
+    });
+    this.finds = new GroupedStatements({
+      one: async ({ identity, deadline }) => {
+        const { rows } = await this.withClient(deadline, (client) =>
+          client.query(SQL_FIND, identityParameters(identity)),
+        );
+        return rows[0] ? toRecord(rows[0]) : null;
+      },
+      many: (lookups) => this.withClient(earliest(lookups), (client) => findMany(client, lookups)),
+      ...GROUP_LIMITS,
+    });
+    this.completions = new GroupedStatements({
+      one: (completion) => completeOn(this.pool, completion),
+      many: (completions) => completeMany(this.pool, completions),
+      identity: (completion) => identityKey(completion.identity),
+      ...GROUP_LIMITS,
+    });
   }
 
   async claim(request: ClaimRequest): Promise<ClaimResult> {
-    const fast = await this.withClient(request.deadline, (client) => claimFast(client, request));
+    const fast = await this.claims.run(request);
     if (fast) return fast;
     return this.withClient(request.deadline, async (client) => {
       // A row lock held for long (a stalled transaction) fails the claim instead of hanging it.
@@ -80,14 +134,12 @@ export class PostgresIdempotencyStore extends IdempotencyStore {
       if (!(error instanceof PoolTimeoutError)) await runner.release();
       throw error;
     }
-    const transaction = new PostgresStoreTransaction(runner, client);
+    // BEGIN travels with the claim, in the transaction's first round trip.
+    const { isolationLevel } = this.dataSource.options as { isolationLevel?: string };
     try {
-      // START TRANSACTION through TypeORM, so that the handler's own
-      // manager.transaction() calls nest as savepoints inside ours.
-      await runner.startTransaction();
-      return transaction;
+      return new PostgresStoreTransaction(runner, client, isolationLevel);
     } catch (error) {
-      await transaction.rollback();
+      await runner.release();
       throw error;
     }
   }
@@ -120,7 +172,7 @@ export class PostgresIdempotencyStore extends IdempotencyStore {
     response: ResponsePayload,
     ttlMs: number,
   ): Promise<boolean> {
-    return completeOn(this.pool, identity, ownerToken, response, ttlMs);
+    return this.completions.run({ identity, ownerToken, text: responseText(response), ttlMs });
   }
 
   async release(identity: RecordIdentity, ownerToken: string): Promise<boolean> {
@@ -133,12 +185,8 @@ export class PostgresIdempotencyStore extends IdempotencyStore {
     return rowCount === 1;
   }
 
-  async find(identity: RecordIdentity, deadline?: number): Promise<IdempotencyRecord | null> {
-    const { rows } =
-      deadline === undefined
-        ? await this.pool.query(SQL_FIND, identityParameters(identity))
-        : await this.withClient(deadline, (client) => client.query(SQL_FIND, identityParameters(identity)));
-    return rows[0] ? toRecord(rows[0]) : null;
+  find(identity: RecordIdentity, deadline?: number): Promise<IdempotencyRecord | null> {
+    return this.finds.run({ identity, deadline });
   }
 
   override async releaseRecord(identity: RecordIdentity): Promise<boolean> {

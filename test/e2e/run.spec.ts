@@ -254,6 +254,28 @@ describe('IdempotencyService.run() and @IdempotentMethod()', () => {
     expect(await effectCount(db.pool, 'tx', key)).toBe(1);
   });
 
+  it('keeps quotes, backslashes and SQL in keys, names and scopes of transactional operations as they are', async () => {
+    // A transactional claim travels as one simple query, its values as SQL literals.
+    const hostile = ["O'Reilly", 'back\\slash\\', "\\'; DROP TABLE effects; --", "$1 $$ E'x'", 'ünï ✓ 🙂'];
+    for (const text of hostile) {
+      const options = { key: text, name: text, scope: text, transactional: true as const };
+      const run = () =>
+        service.run(options, async (manager) => {
+          await manager.query(EFFECT_INSERT, ['hostile', text]);
+          return text;
+        });
+      expect(await run()).toBe(text);
+      expect(await run()).toBe(text);
+      expect(await effectCount(db.pool, 'hostile', text)).toBe(1);
+      const { rows } = await db.pool.query(
+        'SELECT scope, route, idempotency_key, status FROM idempotency_keys WHERE idempotency_key = $1',
+        [text],
+      );
+      expect(rows).toEqual([{ scope: text, route: text, idempotency_key: text, status: 'completed' }]);
+    }
+    expect(await effectCount(db.pool, 'hostile', "O'Reilly")).toBe(1);
+  });
+
   it('keeps a lease-mode operation nested in a transactional one out of the outer transaction', async () => {
     // The inner record commits at once, while the outer transaction may still roll back. Had
     // the inner operation written through the outer transaction, a rollback would undo its

@@ -3,6 +3,7 @@ import { randomUUID } from 'node:crypto';
 import type pg from 'pg';
 import { DataSource } from 'typeorm';
 import { PostgresIdempotencyStore, type RecordIdentity } from '../../lib/index.js';
+import { UnstorableResponseError } from '../../lib/storage/idempotency.store.js';
 import { createTestDatabase, type TestDatabase } from '../support/database.js';
 import { describeStoreContract, HOUR, identity, request, RESPONSE, won } from '../../lib/testing/index.js';
 
@@ -224,6 +225,113 @@ describe('the database enforces the state machine, whatever SQL runs', () => {
     expect(won(await store.claim(successor)).ownerToken).toBe(successor.ownerToken);
     const reclaimed = await expired();
     expect(won(await store.claim(request(reclaimed, { fingerprint: 'fp-other' }))).fingerprint).toBe('fp-other');
+  });
+});
+
+describe('group commit: concurrent lease-mode claims and completions share statements', () => {
+  /** Counts the connections the store takes from its pool: one per statement of a claim or completion. */
+  function countStatements(): { readonly count: number; stop(): void } {
+    const pool = (dataSource.driver as unknown as { master: pg.Pool }).master;
+    const counter = { count: 0, stop: () => void pool.removeListener('acquire', onAcquire) };
+    const onAcquire = () => counter.count++;
+    pool.on('acquire', onAcquire);
+    return counter;
+  }
+
+  it('gives each of many concurrent claims its own outcome, one winner per key, in a few statements', async () => {
+    const ids = Array.from({ length: 40 }, () => identity());
+    const first = ids.map((id) => request(id));
+    const duplicates = ids.slice(0, 10).map((id) => request(id, { fingerprint: 'fp-duplicate' }));
+    const statements = countStatements();
+    const results = await Promise.all([...first, ...duplicates].map((claim) => store.claim(claim)));
+    statements.stop();
+    // Sent together, they go as one statement for the first, and one for all the rest: the
+    // duplicates too, which see the claim of the earlier request for their key.
+    expect(statements.count).toBe(2);
+    for (const [i, id] of ids.entries()) {
+      const outcomes = results.filter((_, j) => [...first, ...duplicates][j].identity === id);
+      expect(outcomes.filter((outcome) => outcome.claimed)).toHaveLength(1);
+      const record = await store.find(id);
+      expect(record).toMatchObject({
+        status: 'in_progress',
+        ownerToken: first[i].ownerToken,
+        fingerprint: 'fp-original',
+      });
+    }
+    for (const i of duplicates.keys()) {
+      const outcome = results[first.length + i];
+      expect(outcome.claimed ? null : outcome.observed.record.ownerToken).toBe(first[i].ownerToken);
+    }
+  });
+
+  it('answers many concurrent look-ups, a key asked for several times included, in two statements', async () => {
+    const completed = Array.from({ length: 10 }, () => request(identity()));
+    for (const claim of completed) {
+      won(await store.claim(claim));
+      expect(await store.complete(claim.identity, claim.ownerToken, RESPONSE, HOUR)).toBe(true);
+    }
+    const held = request(identity());
+    won(await store.claim(held));
+    const absent = Array.from({ length: 10 }, () => identity());
+    const asked = [...completed.map((claim) => claim.identity), held.identity, ...absent, completed[0].identity];
+    const statements = countStatements();
+    const found = await Promise.all(asked.map((id) => store.find(id)));
+    statements.stop();
+    expect(statements.count).toBe(2);
+    for (const [i, record] of found.entries()) {
+      if (i < completed.length || i === asked.length - 1) {
+        expect(record).toMatchObject({ ...asked[i], status: 'completed', response: RESPONSE });
+      } else if (i === completed.length) {
+        expect(record).toMatchObject({ ...held.identity, status: 'in_progress', ownerToken: held.ownerToken });
+      } else {
+        expect(record).toBeNull();
+      }
+    }
+  });
+
+  it('fails only the claim the database refuses, not the others of its group', async () => {
+    const good = Array.from({ length: 10 }, () => request(identity()));
+    // Over the table's key length limit: a CHECK violation that fails its whole statement.
+    const bad = request({ ...identity(), key: 'k'.repeat(1025) });
+    const settled = await Promise.allSettled(
+      [...good, bad, ...good.map(() => request(identity()))].map((c) => store.claim(c)),
+    );
+    expect(settled.filter((outcome) => outcome.status === 'rejected')).toEqual([
+      { status: 'rejected', reason: expect.objectContaining({ code: '23514' }) },
+    ]);
+    for (const claim of good) expect((await store.find(claim.identity))?.ownerToken).toBe(claim.ownerToken);
+    expect(await store.find(bad.identity)).toBeNull();
+  });
+
+  it('completes concurrent records each with its own response, fencing out a wrong owner and refusing an unstorable one alone', async () => {
+    const claims = Array.from({ length: 20 }, () => request(identity()));
+    for (const claim of claims) won(await store.claim(claim));
+    const response = (i: number) => ({ ...RESPONSE, body: JSON.stringify({ i }) });
+    // jsonb cannot hold \u0000: PostgreSQL refuses the statement that carries it.
+    const unstorable = { ...RESPONSE, body: 'nul \u0000 here' };
+    const outcomes = await Promise.allSettled(
+      claims.map((claim, i) =>
+        store.complete(
+          claim.identity,
+          i === 3 ? randomUUID() : claim.ownerToken,
+          i === 5 ? unstorable : response(i),
+          HOUR,
+        ),
+      ),
+    );
+    for (const [i, claim] of claims.entries()) {
+      const record = await store.find(claim.identity);
+      if (i === 3) {
+        expect(outcomes[i]).toEqual({ status: 'fulfilled', value: false });
+        expect(record?.status).toBe('in_progress');
+      } else if (i === 5) {
+        expect(outcomes[i]).toMatchObject({ status: 'rejected', reason: expect.any(UnstorableResponseError) });
+        expect(record?.status).toBe('in_progress');
+      } else {
+        expect(outcomes[i]).toEqual({ status: 'fulfilled', value: true });
+        expect(record).toMatchObject({ status: 'completed', response: response(i) });
+      }
+    }
   });
 });
 

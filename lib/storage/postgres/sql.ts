@@ -20,9 +20,6 @@ export const LEASE_LAPSED = `(k.status = 'in_progress' AND k.locked_until <= ${N
 
 const MS = "* interval '1 millisecond'";
 
-/** The claim's wait for another owner's uncommitted row is bounded by the time left to wait. */
-const TRANSACTION_SETTINGS = `set_config('lock_timeout', $9, true) AS lock_timeout`;
-
 /**
  * Fast path, one round trip for the common cases. Looks the record up and, only if there
  * is none, inserts it: the primary key makes two concurrent inserts impossible (the
@@ -30,33 +27,67 @@ const TRANSACTION_SETTINGS = `set_config('lock_timeout', $9, true) AS lock_timeo
  * indexed read: no insert attempt, no trigger, no lock on the existing row (replays must
  * not serialise on it).
  */
-export const SQL_CLAIM = claimStatement(false);
-
-/**
- * The same inside a transactional-mode transaction, where the INSERT may wait on another
- * owner's uncommitted claim: $9 becomes the transaction's lock_timeout first (the
- * materialised CTE runs before the INSERT reads its row from it), saving a round trip.
- */
-export const SQL_CLAIM_WAITING = claimStatement(true);
-
-function claimStatement(withLockTimeout: boolean): string {
-  const settings = withLockTimeout ? `settings AS MATERIALIZED (SELECT ${TRANSACTION_SETTINGS}),\n` : '';
-  return `
-WITH ${settings}existing AS (
+export const SQL_CLAIM = `
+WITH existing AS (
   SELECT k.* FROM ${IDEMPOTENCY_TABLE} k WHERE ${IDENTITY}
 ),
 inserted AS (
   INSERT INTO ${IDEMPOTENCY_TABLE} AS k
     (scope, method, route, idempotency_key, fingerprint, status, owner_token, locked_until, expires_at, created_at)
   SELECT $1, $2, $3, $4, $5, 'in_progress', $6::uuid, ${NOW} + $7::float8 ${MS}, ${NOW} + $8::float8 ${MS}, ${NOW}
-  ${withLockTimeout ? 'FROM settings ' : ''}WHERE NOT EXISTS (SELECT 1 FROM existing)
+  WHERE NOT EXISTS (SELECT 1 FROM existing)
   ON CONFLICT (scope, method, route, idempotency_key) DO NOTHING
   RETURNING k.*
 )
 SELECT true AS claimed, i.*, false AS expired, false AS lease_lapsed FROM inserted i
 UNION ALL
 SELECT false, k.*, ${EXPIRED}, ${LEASE_LAPSED} FROM existing k`;
-}
+
+/**
+ * Group commit of lease-mode claims: the fast path for many claims in one statement (one
+ * round trip, one commit). $1..$8 are arrays, one element per claim, in arrival order.
+ * Where several claims share an identity, only the first is inserted (the others then see
+ * it held); rows are inserted in primary-key order, so that two groups with keys in common
+ * wait for each other in the same order, never in a cycle.
+ */
+export const SQL_CLAIM_BATCH = `
+WITH input AS (
+  SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::uuid[], $7::float8[], $8::float8[])
+    WITH ORDINALITY AS i(scope, method, route, idempotency_key, fingerprint, owner_token, lease_ms, ttl_ms, arrival)
+),
+existing AS (
+  SELECT k.* FROM ${IDEMPOTENCY_TABLE} k
+  WHERE (k.scope, k.method, k.route, k.idempotency_key) IN (SELECT scope, method, route, idempotency_key FROM input)
+),
+inserted AS (
+  INSERT INTO ${IDEMPOTENCY_TABLE} AS k
+    (scope, method, route, idempotency_key, fingerprint, status, owner_token, locked_until, expires_at, created_at)
+  SELECT DISTINCT ON (i.scope, i.method, i.route, i.idempotency_key)
+         i.scope, i.method, i.route, i.idempotency_key, i.fingerprint, 'in_progress', i.owner_token,
+         ${NOW} + i.lease_ms ${MS}, ${NOW} + i.ttl_ms ${MS}, ${NOW}
+  FROM input i
+  WHERE NOT EXISTS (SELECT 1 FROM existing e WHERE (e.scope, e.method, e.route, e.idempotency_key) = (i.scope, i.method, i.route, i.idempotency_key))
+  ORDER BY i.scope, i.method, i.route, i.idempotency_key, i.arrival
+  ON CONFLICT (scope, method, route, idempotency_key) DO NOTHING
+  RETURNING k.*
+)
+SELECT true AS claimed, i.*, false AS expired, false AS lease_lapsed FROM inserted i
+UNION ALL
+SELECT false, k.*, ${EXPIRED}, ${LEASE_LAPSED} FROM existing k`;
+
+/**
+ * Group commit of lease-mode completions: SQL_COMPLETE for many records in one statement.
+ * Returns the identities it completed; the others were fenced out.
+ */
+export const SQL_COMPLETE_BATCH = `
+UPDATE ${IDEMPOTENCY_TABLE} AS k
+SET status = 'completed', response = i.response::jsonb, owner_token = NULL, locked_until = NULL,
+    completed_at = ${NOW}, expires_at = ${NOW} + i.ttl_ms ${MS}
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::uuid[], $6::text[], $7::float8[])
+  AS i(scope, method, route, idempotency_key, owner_token, response, ttl_ms)
+WHERE (k.scope, k.method, k.route, k.idempotency_key) = (i.scope, i.method, i.route, i.idempotency_key)
+  AND k.status = 'in_progress' AND k.owner_token = i.owner_token AND NOT ${EXPIRED}
+RETURNING k.scope, k.method, k.route, k.idempotency_key`;
 
 /**
  * Bounds the next lock wait of a transactional-mode claim (a slow-path round) by the time
@@ -125,6 +156,17 @@ SET status = 'completed', response = $6::jsonb, owner_token = NULL, locked_until
     completed_at = ${NOW}, expires_at = ${NOW} + $7::float8 ${MS}
 WHERE ${IDENTITY} AND k.status = 'in_progress' AND k.owner_token = $5 AND NOT ${EXPIRED}`;
 
+/**
+ * SQL_COMPLETE inside a transactional-mode transaction, sent with the COMMIT in one round
+ * trip: if it matched no record, it fails, and the COMMIT after it never runs (the handler's
+ * writes must not commit without their record).
+ */
+export const SQL_COMPLETE_OR_FAIL = `
+WITH done AS (${SQL_COMPLETE.trim()} RETURNING 1)
+SELECT CASE WHEN count(*) = 1 THEN true
+  ELSE ('the claimed record was not found in its own transaction: ' || count(*))::boolean END AS completed
+FROM done`;
+
 /** in_progress -> absent, only by the owner: a retry may run again. */
 export const SQL_RELEASE = `
 DELETE FROM ${IDEMPOTENCY_TABLE} AS k
@@ -137,6 +179,12 @@ WHERE ${IDENTITY} AND k.status = 'in_progress' AND k.owner_token = $5 AND NOT ${
 
 /** Look-up of a live record. */
 export const SQL_FIND = `SELECT k.* FROM ${IDEMPOTENCY_TABLE} k WHERE ${IDENTITY} AND NOT ${EXPIRED}`;
+
+/** Look-ups of several live records in one statement (arrays of identities; one may come more than once). */
+export const SQL_FIND_BATCH = `
+SELECT k.* FROM ${IDEMPOTENCY_TABLE} k
+WHERE (k.scope, k.method, k.route, k.idempotency_key) IN (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]))
+  AND NOT ${EXPIRED}`;
 
 /**
  * One purge batch, oldest expiry first through the expires_at index. SKIP LOCKED: rows a

@@ -9,9 +9,11 @@ import { type Queryable } from './connection.js';
 import {
   MAX_SLOW_PATH_ATTEMPTS,
   SQL_CLAIM,
-  SQL_CLAIM_WAITING,
+  SQL_CLAIM_BATCH,
   SQL_COMPLETE,
+  SQL_COMPLETE_BATCH,
   SQL_EXAMINE_FOR_UPDATE,
+  SQL_FIND_BATCH,
   SQL_INSERT,
   SQL_RECLAIM,
   UNSTORABLE,
@@ -40,19 +42,36 @@ export interface KeyRow {
  * The fast path on a pool or a transaction's connection; undefined when the row must be
  * examined under a lock (expired, abandoned, or changed between the INSERT and the snapshot).
  */
-export async function claimFast(
-  db: Queryable,
-  request: ClaimRequest,
-  lockTimeout?: string,
-): Promise<ClaimResult | undefined> {
-  const { rows } = await (lockTimeout === undefined
-    ? db.query(SQL_CLAIM, claimParameters(request))
-    : db.query(SQL_CLAIM_WAITING, [...claimParameters(request), lockTimeout]));
-  const row = rows[0];
+export async function claimFast(db: Queryable, request: ClaimRequest): Promise<ClaimResult | undefined> {
+  const { rows } = await db.query(SQL_CLAIM, claimParameters(request));
+  return fastClaimResult(rows[0]);
+}
+
+/** What the fast path's row says: claimed, held by another, or (undefined) a case for the slow path. */
+export function fastClaimResult(row: KeyRow | undefined): ClaimResult | undefined {
   if (row?.claimed) return { claimed: true, record: toRecord(row) };
   if (!row) return undefined;
   const observed = toObserved(row);
   return observed.expired || observed.leaseLapsed ? undefined : { claimed: false, observed };
+}
+
+/**
+ * The fast path for several claims in one statement (group commit), results in their
+ * order. Of claims that share an identity, the one whose owner token the inserted row
+ * carries has won; the others see that row, held by another.
+ */
+export async function claimFastMany(
+  db: Queryable,
+  requests: readonly ClaimRequest[],
+): Promise<(ClaimResult | undefined)[]> {
+  const columns = transpose(requests.map(claimParameters), 8);
+  const { rows } = await db.query(SQL_CLAIM_BATCH, columns);
+  const byIdentity = new Map(rows.map((row) => [identityKey(recordIdentity(row)), row]));
+  return requests.map((request) => {
+    const row = byIdentity.get(identityKey(request.identity));
+    if (!row?.claimed || row.owner_token === request.ownerToken) return fastClaimResult(row);
+    return { claimed: false, observed: { record: toRecord(row), expired: false, leaseLapsed: false } };
+  });
 }
 
 /**
@@ -83,28 +102,84 @@ export async function claimUnderLock(
   throw new Error('idempotency claim did not settle: the record kept changing concurrently');
 }
 
-export async function completeOn(
-  db: Queryable,
-  identity: RecordIdentity,
-  ownerToken: string,
-  response: ResponsePayload,
-  ttlMs: number,
-): Promise<boolean> {
-  let text: string;
-  try {
-    text = JSON.stringify(response);
-  } catch (error) {
-    if (error instanceof RangeError) throw new UnstorableResponseError(error.message);
-    throw error;
-  }
+/** A completion as the store sends it: the response already in the JSON text it is stored as. */
+export interface Completion {
+  identity: RecordIdentity;
+  ownerToken: string;
+  text: string;
+  ttlMs: number;
+}
+
+export async function completeOn(db: Queryable, { identity, ownerToken, text, ttlMs }: Completion): Promise<boolean> {
   try {
     const { rowCount } = await db.query(SQL_COMPLETE, [...identityParameters(identity), ownerToken, text, ttlMs]);
     return rowCount === 1;
   } catch (error) {
-    const code = (error as { code?: string }).code;
-    if (code && UNSTORABLE.has(code)) throw new UnstorableResponseError((error as Error).message);
+    throw unstorableOrSelf(error);
+  }
+}
+
+/** Several completions of distinct identities in one statement (group commit); whether each completed, in their order. */
+export async function completeMany(db: Queryable, completions: readonly Completion[]): Promise<boolean[]> {
+  const columns = transpose(
+    completions.map(({ identity, ownerToken, text, ttlMs }) => [
+      ...identityParameters(identity),
+      ownerToken,
+      text,
+      ttlMs,
+    ]),
+    7,
+  );
+  const { rows } = await db.query(SQL_COMPLETE_BATCH, columns);
+  const completed = new Set(rows.map((row) => identityKey(recordIdentity(row))));
+  return completions.map(({ identity }) => completed.has(identityKey(identity)));
+}
+
+/** The response as the JSON text the store writes; one JSON cannot express is unstorable. */
+export function responseText(response: ResponsePayload): string {
+  try {
+    return JSON.stringify(response);
+  } catch (error) {
+    if (error instanceof RangeError) throw new UnstorableResponseError(error.message);
     throw error;
   }
+}
+
+/** An error of a statement that stores a response: UnstorableResponseError when PostgreSQL can never hold it. */
+export function unstorableOrSelf(error: unknown): unknown {
+  const code = (error as { code?: string }).code;
+  return code && UNSTORABLE.has(code) ? new UnstorableResponseError((error as Error).message) : error;
+}
+
+/** A look-up of the live record of `identity`; `deadline` bounds waiting for a connection. */
+export interface Lookup {
+  identity: RecordIdentity;
+  deadline?: number;
+}
+
+/** Several look-ups in one statement, results in their order (null where there is no live record). */
+export async function findMany(db: Queryable, lookups: readonly Lookup[]): Promise<(IdempotencyRecord | null)[]> {
+  const columns = transpose(
+    lookups.map(({ identity }) => identityParameters(identity)),
+    4,
+  );
+  const { rows } = await db.query(SQL_FIND_BATCH, columns);
+  const byIdentity = new Map(rows.map((row) => [identityKey(recordIdentity(row)), toRecord(row)]));
+  return lookups.map(({ identity }) => byIdentity.get(identityKey(identity)) ?? null);
+}
+
+/** One string per identity, for matching rows to requests. */
+export function identityKey(identity: RecordIdentity): string {
+  return JSON.stringify([identity.scope, identity.method, identity.route, identity.key]);
+}
+
+function recordIdentity(row: Pick<KeyRow, 'scope' | 'method' | 'route' | 'idempotency_key'>): RecordIdentity {
+  return { scope: row.scope, method: row.method, route: row.route, key: row.idempotency_key };
+}
+
+/** Rows of parameters as columns: one array parameter per column (unnest). */
+function transpose(rows: readonly unknown[][], width: number): unknown[][] {
+  return Array.from({ length: width }, (_, column) => rows.map((row) => row[column]));
 }
 
 export function identityParameters(identity: RecordIdentity): unknown[] {

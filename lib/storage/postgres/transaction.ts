@@ -2,32 +2,69 @@ import type { EntityManager, QueryRunner } from 'typeorm';
 import type { RecordIdentity } from '../../core/record.js';
 import type { ClaimRequest, ClaimResult, ResponsePayload, StoreTransaction } from '../idempotency.store.js';
 import { type PoolClient } from './connection.js';
+import { inline } from './literals.js';
 import {
   beginHandlerStatement,
   CONNECTION_ENDED,
   HANDLER_SAVEPOINT,
   QUERY_CANCELED,
+  SQL_CLAIM,
+  SQL_COMPLETE_OR_FAIL,
   SQL_SET_LOCK_TIMEOUT,
 } from './sql.js';
-import { claimFast, claimUnderLock, completeOn } from './statements.js';
+import {
+  claimParameters,
+  claimUnderLock,
+  fastClaimResult,
+  identityParameters,
+  type KeyRow,
+  responseText,
+  unstorableOrSelf,
+} from './statements.js';
+
+/** The isolation levels BEGIN accepts, as TypeORM names them in a DataSource's options. */
+const ISOLATION_LEVELS = new Set(['READ UNCOMMITTED', 'READ COMMITTED', 'REPEATABLE READ', 'SERIALIZABLE']);
+
+/** The parts of TypeORM's QueryRunner that track a transaction, which this one begins and ends itself. */
+type TrackedRunner = Omit<QueryRunner, 'isTransactionActive'> & {
+  isTransactionActive: boolean;
+  transactionDepth: number;
+  broadcaster: { broadcast(event: string): Promise<void> };
+};
 
 /**
  * The transaction of a transactional-mode request: the record is claimed in it, the
  * handler writes through its EntityManager, and the stored response commits with those
  * writes, or nothing does. Until it commits, the uncommitted primary-key entry is the
  * lock that duplicates wait on.
+ *
+ * It costs the request two round trips of its own. The first sends BEGIN, the claim and
+ * the start of the handler's part as one simple query; the last sends the completion and
+ * COMMIT. Simple queries take no parameters, so their values travel as escaped literals.
+ * TypeORM's QueryRunner is told of the transaction as its own startTransaction() and
+ * commitTransaction() would (depth, events), so that the handler's manager.transaction()
+ * calls nest as savepoints inside it.
  */
 export class PostgresStoreTransaction implements StoreTransaction {
   private settled = false;
   private lost = false;
+  private readonly runner: TrackedRunner;
+  /** BEGIN, with the DataSource's isolation level if it sets one (as TypeORM's own transactions would). */
+  private readonly begin: string;
   private readonly onError = () => {
     this.lost = true;
   };
 
   constructor(
-    private readonly runner: QueryRunner,
+    runner: QueryRunner,
     private readonly client: PoolClient,
+    isolationLevel?: string,
   ) {
+    this.runner = runner as unknown as TrackedRunner;
+    if (isolationLevel !== undefined && !ISOLATION_LEVELS.has(isolationLevel)) {
+      throw new Error(`IdempotencyModule: unknown isolation level ${JSON.stringify(isolationLevel)}`);
+    }
+    this.begin = isolationLevel ? `BEGIN ISOLATION LEVEL ${isolationLevel}` : 'BEGIN';
     // Held until the transaction settles: a dropped connection marks it lost, never crashes the process.
     client.on('error', this.onError);
   }
@@ -53,54 +90,78 @@ export class PostgresStoreTransaction implements StoreTransaction {
     );
   }
 
-  async claim(request: ClaimRequest, waitUntil: number): Promise<ClaimResult> {
+  async claim(request: ClaimRequest, waitUntil: number, idleLimitMs: number): Promise<ClaimResult> {
     try {
-      return await this.claimOnce(request, waitUntil);
+      return await this.claimOnce(request, waitUntil, idleLimitMs, false);
     } catch (error) {
       // The server's statement_timeout is shorter than this claim's wait: start over in a
-      // fresh transaction whose statements it no longer bounds (lock_timeout does). Through
-      // TypeORM, so that the new one gets the DataSource's isolation level and events.
+      // fresh transaction whose statements it no longer bounds (lock_timeout does).
       if ((error as { code?: string }).code !== QUERY_CANCELED || Date.now() >= waitUntil) throw error;
-      await this.runner.rollbackTransaction();
-      await this.runner.startTransaction();
-      await this.client.query('SET LOCAL statement_timeout = 0');
-      return this.claimOnce(request, waitUntil);
+      await this.client.query('ROLLBACK');
+      await this.ended('Rollback');
+      return this.claimOnce(request, waitUntil, idleLimitMs, true);
     }
   }
 
-  private async claimOnce(request: ClaimRequest, waitUntil: number): Promise<ClaimResult> {
-    // Each statement that may wait for a concurrent owner (its uncommitted claim, or its
-    // row lock) gets the time left until waitUntil as its lock_timeout; the handler's own
-    // statements run with the session's setting again (beginHandler()).
+  /**
+   * Each statement that may wait for a concurrent owner (its uncommitted claim, or its row
+   * lock) gets the time left until waitUntil as its lock_timeout; the handler's own
+   * statements run with the session's setting again (beginHandlerStatement). The record a
+   * won fast path inserts takes its times from the query's arrival, before any lock wait:
+   * harmless, since no one sees it before it commits as completed, with times of its own.
+   */
+  private async claimOnce(
+    request: ClaimRequest,
+    waitUntil: number,
+    idleLimitMs: number,
+    withoutStatementTimeout: boolean,
+  ): Promise<ClaimResult> {
     const timeLeft = () => `${Math.max(1, Math.ceil(waitUntil - Date.now()))}ms`;
-    return (
-      (await claimFast(this.client, request, timeLeft())) ??
-      (await claimUnderLock(this.client, request, async () => {
-        await this.client.query(SQL_SET_LOCK_TIMEOUT, [timeLeft()]);
-      }))
-    );
-  }
-
-  async beginHandler(idleLimitMs: number): Promise<void> {
-    await this.client.query(beginHandlerStatement(idleLimitMs));
+    const statements = [
+      this.begin,
+      inline('SET LOCAL lock_timeout = $1', [timeLeft()]),
+      ...(withoutStatementTimeout ? ['SET LOCAL statement_timeout = 0'] : []),
+      inline(SQL_CLAIM, claimParameters(request)),
+      // Sent whatever the claim finds: a claim that is not won rolls all of it back.
+      beginHandlerStatement(idleLimitMs),
+    ];
+    await this.starting();
+    const results = (await this.client.query(statements.join(';\n'))) as unknown as { rows: KeyRow[] }[];
+    await this.started();
+    const fast = fastClaimResult(results[statements.length - 2].rows[0]);
+    if (fast) return fast;
+    const slow = await claimUnderLock(this.client, request, async () => {
+      await this.client.query(SQL_SET_LOCK_TIMEOUT, [timeLeft()]);
+    });
+    // The savepoint sent above precedes the slow path's change: the handler's starts after it.
+    if (slow.claimed) await this.client.query(beginHandlerStatement(idleLimitMs));
+    return slow;
   }
 
   async discardHandlerWrites(): Promise<void> {
     await this.client.query(`ROLLBACK TO SAVEPOINT ${HANDLER_SAVEPOINT}`);
   }
 
-  complete(identity: RecordIdentity, ownerToken: string, response: ResponsePayload, ttlMs: number): Promise<boolean> {
-    return completeOn(this.client, identity, ownerToken, response, ttlMs);
-  }
-
-  async commit(): Promise<void> {
-    // TypeORM counts the handler's manager.transaction() calls; above 1, its commit would
-    // only release a savepoint and leave ours open. Such a transaction still running when
-    // the handler returned is a handler bug: refuse to commit half of its work.
-    const depth = (this.runner as unknown as { transactionDepth: number }).transactionDepth;
-    if (depth !== 1) throw new Error('a transaction the handler opened with manager.transaction() is still open');
-    await this.runner.commitTransaction();
+  async commit(identity: RecordIdentity, ownerToken: string, response: ResponsePayload, ttlMs: number): Promise<void> {
+    // TypeORM counts the handler's manager.transaction() calls; above 1, one of them is
+    // still open: a handler bug. Refuse to commit half of its work.
+    if (this.runner.transactionDepth !== 1) {
+      throw new Error('a transaction the handler opened with manager.transaction() is still open');
+    }
+    const completion = inline(SQL_COMPLETE_OR_FAIL, [
+      ...identityParameters(identity),
+      ownerToken,
+      responseText(response),
+      ttlMs,
+    ]);
+    await this.runner.broadcaster.broadcast('BeforeTransactionCommit');
+    try {
+      await this.client.query(`${completion};\nCOMMIT`);
+    } catch (error) {
+      throw unstorableOrSelf(error);
+    }
     this.settled = true;
+    await this.ended('Commit');
     this.client.removeListener('error', this.onError);
     await this.runner.release();
   }
@@ -120,7 +181,31 @@ export class PostgresStoreTransaction implements StoreTransaction {
       await this.client.end().catch(() => undefined);
     } finally {
       this.client.removeListener('error', this.onError);
+      await this.ended('Rollback').catch(() => undefined);
       await this.runner.release();
     }
+  }
+
+  /** As TypeORM's startTransaction() does before its START TRANSACTION. */
+  private async starting(): Promise<void> {
+    this.runner.isTransactionActive = true;
+    try {
+      await this.runner.broadcaster.broadcast('BeforeTransactionStart');
+    } catch (error) {
+      this.runner.isTransactionActive = false;
+      throw error;
+    }
+  }
+
+  private async started(): Promise<void> {
+    this.runner.transactionDepth = 1;
+    await this.runner.broadcaster.broadcast('AfterTransactionStart');
+  }
+
+  private async ended(how: 'Commit' | 'Rollback'): Promise<void> {
+    if (!this.runner.isTransactionActive) return;
+    this.runner.isTransactionActive = false;
+    this.runner.transactionDepth = 0;
+    await this.runner.broadcaster.broadcast(`AfterTransaction${how}`);
   }
 }
