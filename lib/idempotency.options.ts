@@ -1,5 +1,6 @@
 import type { ExecutionContext, HttpException, Type } from '@nestjs/common';
 import type { FingerprintSecret } from './core/fingerprint.js';
+import type { IdempotencyEventListener } from './observability/events.js';
 import type { ResponseEncryptionKey } from './core/response-cipher.js';
 import type { IdempotencyStore } from './storage/idempotency.store.js';
 
@@ -125,6 +126,22 @@ export interface IdempotentRouteOptions {
 
 /** Module options: defaults for every route, plus what only the module decides. */
 export interface IdempotencyModuleOptions extends IdempotentRouteOptions {
+  /**
+   * Called with every outcome of every idempotent call (claimed, executed, completed,
+   * released, replayed, conflict, key-reused, store-error), with its scope, method, route,
+   * mode and timings; never a key, a body or a header. Synchronous, on the request's path:
+   * keep it cheap. A listener that throws is logged and ignored.
+   * @default none
+   */
+  onEvent?: IdempotencyEventListener;
+  /**
+   * Record OpenTelemetry metrics through `@opentelemetry/api` (an optional peer; the
+   * application registers the SDK and its exporter): the counter `idempotency.outcomes`
+   * and the histograms `idempotency.claim.duration` and `idempotency.wait.duration` (ms),
+   * by outcome, method, route and mode.
+   * @default false
+   */
+  metrics?: boolean;
   /**
    * Name of the request header carrying the key.
    * @default 'Idempotency-Key'

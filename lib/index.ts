@@ -15,6 +15,7 @@ export { IdempotencyInterceptor, REPLAYED_HEADER } from './http/idempotency.inte
 export { IdempotencyExceptionFilter } from './http/idempotency.filter.js';
 export { MessageIdempotencyInterceptor } from './microservices/message.interceptor.js';
 export { recordRef } from './operator/record-ref.js';
+export type { IdempotencyEvent, IdempotencyEventListener, IdempotencyEventType } from './observability/events.js';
 export {
   DEFAULT_REPLAY_HEADERS,
   type ConcurrencyMode,

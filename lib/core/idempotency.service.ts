@@ -12,6 +12,7 @@ import { type Attempt, type ExecutionMode, Flow, where } from './flow.js';
 import { currentManager } from './idempotent-transaction.js';
 import { KeyQueue } from './key-queue.js';
 import { LeaseMode } from './lease.mode.js';
+import { IdempotencyEvents } from '../observability/events.js';
 import { auditLine } from '../operator/audit.js';
 import type { IdempotencyRecord, RecordIdentity, RecordStatus, StoredResponse } from './record.js';
 import { ResponseCipher } from './response-cipher.js';
@@ -36,6 +37,7 @@ export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
   private readonly flow: Flow;
   private readonly lease: LeaseMode;
   private readonly transactional: TransactionalMode;
+  private readonly events: IdempotencyEvents;
   private fingerprinter?: Fingerprinter;
   private purgeTimer?: NodeJS.Timeout;
   private purging = false;
@@ -51,6 +53,7 @@ export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
     this.flow = new Flow(store, this.cipher, this.logger, moduleOptions.retryAfterSeconds ?? 1);
     this.lease = new LeaseMode(this.flow);
     this.transactional = new TransactionalMode(this.flow);
+    this.events = new IdempotencyEvents(moduleOptions.onEvent);
   }
 
   async onModuleInit(): Promise<void> {
@@ -81,6 +84,7 @@ export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
     const given = this.moduleOptions.fingerprintSecret;
     const [current, ...previous] = given === undefined ? [await this.store.sharedSecret()] : [given].flat();
     this.fingerprinter = new Fingerprinter(current, previous);
+    if (this.moduleOptions.metrics) await this.events.addOpenTelemetry(this.logger);
   }
 
   async onApplicationShutdown(): Promise<void> {
@@ -140,7 +144,19 @@ export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
    * @internal Decides what a call gets: claims the record, waits for it (`concurrency:
    * 'wait'`), or finds it completed. Throws 409, 422 or 503 problems.
    */
-  async begin(options: ResolvedRouteOptions, identity: RecordIdentity, parts: FingerprintParts): Promise<Outcome> {
+  begin(options: ResolvedRouteOptions, identity: RecordIdentity, parts: FingerprintParts): Promise<Outcome> {
+    return this.events.observeDecision(
+      options,
+      () => storedIdentity(identity),
+      () => this.decide(options, identity, parts),
+    );
+  }
+
+  private async decide(
+    options: ResolvedRouteOptions,
+    identity: RecordIdentity,
+    parts: FingerprintParts,
+  ): Promise<Outcome> {
     if (!this.fingerprinter) await this.ready();
     identity = { ...identity, scope: storedScope(identity.scope) };
     const fingerprints = this.fingerprinter!.of(parts);
@@ -215,7 +231,7 @@ export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
 
   /** @internal Runs the handler of a won claim, in its transaction in transactional mode. */
   runHandler<T>(execution: Execution, handler: () => Promise<T>): Promise<T> {
-    return this.modeOf(execution.options).runHandler(execution, handler);
+    return this.modeOf(execution.options).runHandler(execution, this.events.timed(execution, handler));
   }
 
   /**
@@ -224,7 +240,7 @@ export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
    * truth (see `TransactionalMode.complete`).
    */
   complete(execution: Execution, response: StoredResponse): Promise<StoredResponse | undefined> {
-    return this.modeOf(execution.options).complete(execution, response);
+    return this.events.after('completed', execution, this.modeOf(execution.options).complete(execution, response));
   }
 
   /**
@@ -235,7 +251,7 @@ export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
   async fail(execution: Execution, error: unknown, capture: () => StoredResponse | undefined): Promise<unknown> {
     const mode = this.modeOf(execution.options);
     if (mode.lostConnection(execution, error)) {
-      await mode.release(execution);
+      await this.events.after('released', execution, mode.release(execution));
       return this.flow.unavailable(error);
     }
     let stored: StoredResponse | undefined;
@@ -248,10 +264,10 @@ export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
       );
     }
     if (!stored) {
-      await mode.release(execution);
+      await this.events.after('released', execution, mode.release(execution));
       return error;
     }
-    return mode.completeWithError(execution, stored, error);
+    return this.events.after('completed', execution, mode.completeWithError(execution, stored, error));
   }
 
   /** @internal A result that cannot be stored: completed as not replayable, or released where its effect is undone. */
@@ -261,7 +277,7 @@ export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
 
   /** @internal Frees the key of a failed execution so that a retry runs the handler again. */
   release(execution: Execution): Promise<void> {
-    return this.modeOf(execution.options).release(execution);
+    return this.events.after('released', execution, this.modeOf(execution.options).release(execution));
   }
 
   /** The live record of an identity (null when absent or expired), e.g. for support tooling. */
@@ -342,4 +358,8 @@ export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
 export function storedScope(scope: string): string {
   if (Buffer.byteLength(scope, 'utf8') <= MAX_STORED_SCOPE_BYTES && !scope.startsWith(HASHED_SCOPE)) return scope;
   return HASHED_SCOPE + createHash('sha256').update(scope, 'utf8').digest('hex');
+}
+
+function storedIdentity(identity: RecordIdentity): RecordIdentity {
+  return { ...identity, scope: storedScope(identity.scope) };
 }
