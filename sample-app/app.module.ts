@@ -40,6 +40,7 @@ export class AppModule {
           waitTimeoutMs: config.waitTimeoutMs,
           ttlMs: config.ttlMs,
           purgeIntervalMs: 10 * 60 * 1000,
+          metrics: config.metrics,
         }),
         ...brokerModules,
       ],
