@@ -12,6 +12,7 @@ import pg from 'pg';
 import { TypeOrmModule } from '@nestjs/typeorm';
 import { DataSource, type EntityManager } from 'typeorm';
 import { Idempotent, IdempotencyModule, IdempotentManager } from '../lib/index.js';
+import { observabilityOptions } from './observability.js';
 import { Payment, paymentView } from '../sample-app/payments/payment.entity.js';
 
 interface Charge {
@@ -110,7 +111,10 @@ export class BenchModule {
       module: BenchModule,
       imports: [
         TypeOrmModule.forRoot({ type: 'postgres', url, entities: [Payment], extra: { max: 10 } }),
-        IdempotencyModule.forRoot({ scope: (request) => String(request.headers['x-user-id'] ?? 'bench') }),
+        IdempotencyModule.forRoot({
+          scope: (request) => String(request.headers['x-user-id'] ?? 'bench'),
+          ...observabilityOptions(),
+        }),
       ],
       controllers: [BenchController],
       providers: [{ provide: PLAIN_POOL, useFactory: () => new pg.Pool({ connectionString: url, max: 10 }) }],
