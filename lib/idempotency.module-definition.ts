@@ -1,9 +1,10 @@
-import { ConfigurableModuleBuilder, type Provider } from '@nestjs/common';
-import { getDataSourceToken } from '@nestjs/typeorm';
+import { ConfigurableModuleBuilder, type DynamicModule, Module, type Provider } from '@nestjs/common';
 import type { DataSource } from 'typeorm';
 import type { IdempotencyModuleExtras, IdempotencyModuleOptions } from './idempotency.options.js';
 import { IdempotencyStore } from './storage/idempotency.store.js';
 import { PostgresIdempotencyStore } from './storage/postgres.store.js';
+import { RedisIdempotencyStore } from './storage/redis.store.js';
+import { SplitIdempotencyStore } from './storage/split.store.js';
 
 /**
  * `forRoot` / `forRootAsync` (with `useFactory` + `inject` + `imports`, or `useClass`).
@@ -17,30 +18,71 @@ export const {
 } = new ConfigurableModuleBuilder<IdempotencyModuleOptions>({ moduleName: 'Idempotency' })
   .setClassMethodName('forRoot')
   .setFactoryMethodName('createIdempotencyOptions')
-  .setExtras<IdempotencyModuleExtras>({ isGlobal: true }, (definition, extras) => ({
-    ...definition,
-    global: extras.isGlobal ?? true,
-    providers: [...(definition.providers ?? []), storeProvider(extras)],
-    exports: [...(definition.exports ?? []), IdempotencyStore],
-  }))
+  .setExtras<IdempotencyModuleExtras>({ isGlobal: true }, (definition, extras) => {
+    const global = extras.isGlobal ?? true;
+    const provider = storeProvider(extras);
+    if (provider) {
+      return {
+        ...definition,
+        global,
+        providers: [...(definition.providers ?? []), provider],
+        exports: [...(definition.exports ?? []), IdempotencyStore],
+      };
+    }
+    const postgres = postgresStoreModule(extras);
+    return { ...definition, global, imports: [...(definition.imports ?? []), postgres] };
+  })
   .build();
 
-function storeProvider({ store, dataSource }: IdempotencyModuleExtras): Provider {
+/** The store's provider, or undefined for the default PostgreSQL store (see `postgresStoreModule`). */
+function storeProvider({ store, redis }: IdempotencyModuleExtras): Provider | undefined {
+  if (store && redis) throw new Error('IdempotencyModule: give either "store" or "redis", not both.');
   if (store) return { provide: IdempotencyStore, useClass: store };
+  if (redis && (redis.transactionalRoutes ?? 'refuse') === 'refuse') {
+    return { provide: IdempotencyStore, useFactory: () => RedisIdempotencyStore.create(redis) };
+  }
+  return undefined;
+}
+
+@Module({})
+class IdempotencyPostgresStoreModule {}
+
+/**
+ * The PostgreSQL store on the application's TypeORM DataSource (alone, or for the
+ * transactional routes beside Redis), in a module of its own that Nest awaits while it
+ * scans the imports: `@nestjs/typeorm` (which loads TypeORM) is imported only here, so an
+ * application on another store never loads either. The module is global, since
+ * IdempotencyModule cannot re-export a provider it imports this way.
+ */
+async function postgresStoreModule({
+  dataSource,
+  redis,
+  preparedStatements,
+}: IdempotencyModuleExtras): Promise<DynamicModule> {
+  const { getDataSourceToken } = await import('@nestjs/typeorm');
   const token = getDataSourceToken(dataSource);
   return {
-    provide: IdempotencyStore,
-    inject: [{ token, optional: true }],
-    useFactory: (source?: DataSource) => {
-      if (!source) {
-        const named = dataSource ? ` named "${dataSource}"` : '';
-        throw new Error(
-          `IdempotencyModule: no TypeORM DataSource${named} found. Import TypeOrmModule.forRoot(` +
-            `${dataSource ? `{ name: '${dataSource}', ... }` : '...'}) in your application module, ` +
-            'or pass IdempotencyModule.forRoot({ store: MemoryIdempotencyStore }) for unit tests.',
-        );
-      }
-      return new PostgresIdempotencyStore(source);
-    },
+    module: IdempotencyPostgresStoreModule,
+    global: true,
+    providers: [
+      {
+        provide: IdempotencyStore,
+        inject: [{ token, optional: true }],
+        useFactory: async (source?: DataSource) => {
+          if (!source) {
+            const named = dataSource ? ` named "${dataSource}"` : '';
+            throw new Error(
+              `IdempotencyModule: no TypeORM DataSource${named} found. Import TypeOrmModule.forRoot(` +
+                `${dataSource ? `{ name: '${dataSource}', ... }` : '...'}) in your application module, ` +
+                'or pass IdempotencyModule.forRoot({ store: MemoryIdempotencyStore }) for unit tests.',
+            );
+          }
+          const postgres = new PostgresIdempotencyStore(source, { preparedStatements });
+          if (!redis) return postgres;
+          return new SplitIdempotencyStore(await RedisIdempotencyStore.create(redis), postgres);
+        },
+      },
+    ],
+    exports: [IdempotencyStore],
   };
 }

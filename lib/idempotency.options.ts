@@ -3,6 +3,7 @@ import type { FingerprintSecret } from './core/fingerprint.js';
 import type { IdempotencyEventListener } from './observability/events.js';
 import type { ResponseEncryptionKey } from './core/response-cipher.js';
 import type { IdempotencyStore } from './storage/idempotency.store.js';
+import type { RedisStoreOptions } from './storage/redis.store.js';
 
 /** What a duplicate that arrives while the first request is still running receives. */
 export type ConcurrencyMode =
@@ -208,11 +209,26 @@ export interface IdempotencyModuleExtras {
    */
   global?: boolean;
   /**
+   * The PostgreSQL store sends each request's statements as prepared statements (parsed and
+   * planned once per connection). Set `false` behind a pooler that does not keep a session's
+   * prepared statements: PgBouncer in transaction mode before 1.21, or without
+   * `max_prepared_statements`.
+   * @default true
+   */
+  preparedStatements?: boolean;
+  /**
    * Another store implementation, e.g. `MemoryIdempotencyStore` in unit tests; no
    * DataSource is needed then.
    * @default PostgresIdempotencyStore
    */
   store?: Type<IdempotencyStore>;
+  /**
+   * Keep the records in Redis instead (`RedisIdempotencyStore`): an `ioredis` client
+   * (`Redis` or `Cluster`), `ioredis` options or a URL, and the store's own options.
+   * Neither TypeORM nor PostgreSQL is needed (nor loaded) then; transactional routes are
+   * refused at start-up. See the README, "Redis store".
+   */
+  redis?: RedisStoreOptions;
 }
 
 export const DEFAULT_REPLAY_HEADERS: readonly string[] = [

@@ -56,6 +56,8 @@ export {
 } from './storage/idempotency.store.js';
 export { PostgresIdempotencyStore, IDEMPOTENCY_TABLE } from './storage/postgres.store.js';
 export { MemoryIdempotencyStore } from './storage/memory.store.js';
+export { RedisIdempotencyStore, type RedisClient, type RedisStoreOptions } from './storage/redis.store.js';
+export { SplitIdempotencyStore } from './storage/split.store.js';
 export {
   CreateIdempotencyKeys1764288000000,
   CreateIdempotencySettings1780000000000,

@@ -41,6 +41,15 @@ export class AppModule {
           ttlMs: config.ttlMs,
           purgeIntervalMs: 10 * 60 * 1000,
           metrics: config.metrics,
+          ...(config.idempotencyStore === 'redis' && {
+            // Lease-mode routes in Redis; the transactional ones (POST /payments, the
+            // receipts consumer, the settlement job) keep their records in PostgreSQL.
+            redis: {
+              connection: config.settlements!.redisUrl,
+              keyPrefix: `${config.settlements!.prefix}:idempotency:`,
+              transactionalRoutes: 'postgres',
+            },
+          }),
         }),
         ...brokerModules,
       ],

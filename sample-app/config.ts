@@ -16,6 +16,13 @@ export interface SampleConfig {
   messaging?: MessagingConfig;
   /** Scheduled settlements through a BullMQ queue on Redis; off when REDIS_URL is unset. */
   settlements?: SettlementsConfig;
+  /**
+   * `IDEMPOTENCY_STORE`: where idempotency records live. `postgres` (the default): all in
+   * `idempotency_keys`. `redis` (needs REDIS_URL): lease-mode routes in Redis, under the
+   * key prefix `<BULLMQ_PREFIX>:idempotency:`; transactional routes stay in PostgreSQL,
+   * where their writes commit with their records.
+   */
+  idempotencyStore: 'postgres' | 'redis';
 }
 
 export interface MessagingConfig {
@@ -60,7 +67,18 @@ export function configFromEnv(databaseUrl: string): SampleConfig {
           intervalMs: settlementIntervalFromEnv(),
         }
       : undefined,
+    idempotencyStore: idempotencyStoreFromEnv(),
   };
+}
+
+/** `IDEMPOTENCY_STORE`: `postgres` (default) or `redis`, which needs REDIS_URL. */
+export function idempotencyStoreFromEnv(): SampleConfig['idempotencyStore'] {
+  const store = process.env.IDEMPOTENCY_STORE || 'postgres';
+  if (store !== 'postgres' && store !== 'redis') {
+    throw new Error(`IDEMPOTENCY_STORE must be "postgres" or "redis", got "${store}"`);
+  }
+  if (store === 'redis' && !process.env.REDIS_URL) throw new Error('IDEMPOTENCY_STORE=redis needs REDIS_URL');
+  return store;
 }
 
 /** `SETTLEMENT_INTERVAL_MS`, default a minute; below 100 ms a tick would be mostly overhead. */

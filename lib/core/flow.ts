@@ -1,5 +1,4 @@
 import type { Logger } from '@nestjs/common';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { randomUUID } from 'node:crypto';
 import {
   describeError,
@@ -75,7 +74,7 @@ export class Flow {
     if (decision === 'replay') return { kind: 'replay', response: this.open(observed.record) };
     const remaining = attempt.waitUntil - Date.now();
     if (remaining <= 0) throw new RequestInProgressError(attempt.options.retryAfterSeconds);
-    await sleep(Math.min(remaining, backoff(round)));
+    await this.store.waitForChange(attempt.identity, Math.min(remaining, backoff(round)), attempt.waitUntil);
     return undefined;
   }
 

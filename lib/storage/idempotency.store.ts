@@ -1,3 +1,4 @@
+import { setTimeout as sleep } from 'node:timers/promises';
 import type {
   IdempotencyRecord,
   ObservedRecord,
@@ -132,6 +133,16 @@ export abstract class IdempotencyStore {
    */
   deleteRecord(_identity: RecordIdentity): Promise<RecordStatus | null> {
     return Promise.reject(new Error(`${this.constructor.name} does not support deleting records`));
+  }
+
+  /**
+   * How a duplicate waits (`concurrency: 'wait'`) before it reads the record again: until
+   * the record of `identity` may have changed, `pollMs` (the caller's back-off) or
+   * `deadline` (epoch ms) at the latest. The default sleeps `pollMs`; a store that can
+   * notify changes (Redis pub/sub) wakes its waiters as soon as the record completes.
+   */
+  waitForChange(_identity: RecordIdentity, pollMs: number, _deadline: number): Promise<void> {
+    return sleep(pollMs);
   }
 
   /** Checks at start-up that the store is usable; throws with a message that names the fix. */

@@ -11,8 +11,18 @@ import {
   type ResponsePayload,
   type StoreTransaction,
 } from './idempotency.store.js';
-import { guardClients, type Pool, type PoolClient, PoolTimeoutError, withinDeadline } from './postgres/connection.js';
 import {
+  guardClients,
+  type Pool,
+  type PoolClient,
+  PoolTimeoutError,
+  preparing,
+  type Queryable,
+  withinDeadline,
+} from './postgres/connection.js';
+import {
+  PREPARED_NAMES,
+  PREPARED_STATEMENT_MISSING,
   SERIALIZATION_FAILURE,
   SETTINGS_TABLE,
   SQL_BEGIN_SLOW_PATH,
@@ -44,11 +54,23 @@ import { PostgresStoreTransaction } from './postgres/transaction.js';
 
 export { IDEMPOTENCY_TABLE } from './postgres/sql.js';
 
+export interface PostgresStoreOptions {
+  /**
+   * Send the statements of every request as prepared statements (parsed and planned once
+   * per connection). Turn off behind a pooler that hands one session's statements to
+   * another's connection: PgBouncer in transaction mode before 1.21, or without
+   * `max_prepared_statements`.
+   * @default true
+   */
+  preparedStatements?: boolean;
+}
+
 /**
  * One statement of each kind in flight at a time: concurrent ones wait for it and then go
- * together, which is what makes the groups form under load.
+ * together, which is what makes the groups form under load. One that has not returned
+ * within a second is presumed stuck and no longer holds the others up.
  */
-const GROUP_LIMITS = { maxInFlight: 1, maxSize: 100 };
+const GROUP_LIMITS = { maxInFlight: 1, maxSize: 100, stalledAfterMs: 1000 };
 
 function earliest(requests: readonly { deadline?: number }[]): number | undefined {
   const deadlines = requests.flatMap((request) => (request.deadline === undefined ? [] : [request.deadline]));
@@ -69,7 +91,12 @@ export class PostgresIdempotencyStore extends IdempotencyStore {
   /** Look-ups (replays, before a transactional claim), a statement per group of concurrent ones. */
   private readonly finds: GroupedStatements<Lookup, IdempotencyRecord | null>;
 
-  constructor(private readonly dataSource: DataSource) {
+  private readonly names: ReadonlyMap<string, string>;
+
+  constructor(
+    private readonly dataSource: DataSource,
+    private readonly options: PostgresStoreOptions = {},
+  ) {
     super();
     if (dataSource.options.type !== 'postgres') {
       throw new Error(
@@ -82,6 +109,7 @@ export class PostgresIdempotencyStore extends IdempotencyStore {
     this.pool = (dataSource.driver as unknown as { master: Pool }).master;
     guardClients(this.pool);
     watchSecondConnections(this.pool);
+    this.names = options.preparedStatements === false ? new Map() : PREPARED_NAMES;
     this.claims = new GroupedStatements({
       one: (request) => this.withClient(request.deadline, (client) => claimFast(client, request)),
       // The group waits for a connection until the earliest of its deadlines.
@@ -100,8 +128,8 @@ export class PostgresIdempotencyStore extends IdempotencyStore {
       ...GROUP_LIMITS,
     });
     this.completions = new GroupedStatements({
-      one: (completion) => completeOn(this.pool, completion),
-      many: (completions) => completeMany(this.pool, completions),
+      one: (completion) => this.withClient(undefined, (db) => completeOn(db, completion)),
+      many: (completions) => this.withClient(undefined, (db) => completeMany(db, completions)),
       identity: (completion) => identityKey(completion.identity),
       ...GROUP_LIMITS,
     });
@@ -137,7 +165,10 @@ export class PostgresIdempotencyStore extends IdempotencyStore {
     // BEGIN travels with the claim, in the transaction's first round trip.
     const { isolationLevel } = this.dataSource.options as { isolationLevel?: string };
     try {
-      return new PostgresStoreTransaction(runner, client, isolationLevel);
+      return new PostgresStoreTransaction(runner, client, {
+        isolationLevel,
+        prepared: this.options.preparedStatements !== false,
+      });
     } catch (error) {
       await runner.release();
       throw error;
@@ -150,19 +181,24 @@ export class PostgresIdempotencyStore extends IdempotencyStore {
    * would otherwise end the process). Acquiring it is bounded by `deadline`. A client whose
    * work failed is discarded rather than returned to the pool.
    */
-  private async withClient<T>(deadline: number | undefined, work: (client: PoolClient) => Promise<T>): Promise<T> {
-    const client = await withinDeadline(this.pool.connect(), deadline, (late) => late.release());
-    let broken: Error | undefined;
-    const onError = (error: Error) => (broken = error);
-    client.on('error', onError);
-    try {
-      return await work(client);
-    } catch (error) {
-      broken ??= error as Error;
-      throw error;
-    } finally {
-      client.removeListener('error', onError);
-      client.release(broken);
+  private async withClient<T>(deadline: number | undefined, work: (client: Queryable) => Promise<T>): Promise<T> {
+    for (let attempt = 0; ; attempt++) {
+      const client = await withinDeadline(this.pool.connect(), deadline, (late) => late.release());
+      let broken: Error | undefined;
+      const onError = (error: Error) => (broken = error);
+      client.on('error', onError);
+      try {
+        return await work(preparing(client, this.names));
+      } catch (error) {
+        broken ??= error as Error;
+        // Its session lost the prepared statements (reset under us): the connection is
+        // discarded below, and the work runs again, once, on another.
+        if ((error as { code?: string }).code === PREPARED_STATEMENT_MISSING && attempt === 0) continue;
+        throw error;
+      } finally {
+        client.removeListener('error', onError);
+        client.release(broken);
+      }
     }
   }
 
@@ -176,12 +212,16 @@ export class PostgresIdempotencyStore extends IdempotencyStore {
   }
 
   async release(identity: RecordIdentity, ownerToken: string): Promise<boolean> {
-    const { rowCount } = await this.pool.query(SQL_RELEASE, [...identityParameters(identity), ownerToken]);
+    const { rowCount } = await this.withClient(undefined, (db) =>
+      db.query(SQL_RELEASE, [...identityParameters(identity), ownerToken]),
+    );
     return rowCount === 1;
   }
 
   async renew(identity: RecordIdentity, ownerToken: string, leaseMs: number): Promise<boolean> {
-    const { rowCount } = await this.pool.query(SQL_RENEW, [...identityParameters(identity), ownerToken, leaseMs]);
+    const { rowCount } = await this.withClient(undefined, (db) =>
+      db.query(SQL_RENEW, [...identityParameters(identity), ownerToken, leaseMs]),
+    );
     return rowCount === 1;
   }
 

@@ -157,6 +157,25 @@ describe('chaos: database faults', () => {
     );
   });
 
+  // Concurrent claims go to PostgreSQL as one statement. This one commits and its reply is
+  // lost with the connection: each claim of the group runs again alone, and must find the
+  // row it inserted (its own owner token) as won, not as another request's key in progress.
+  it('lease mode: a group claim whose reply is lost still runs each of its requests once, none answered 409', async () => {
+    const app = await startBehindProxy({});
+    const calls = Array.from({ length: 40 }, () => ({ key: randomUUID(), user: 'group-' + randomUUID().slice(0, 8) }));
+    proxy.loseNextReplyTo('WITH ORDINALITY');
+    const answers = await Promise.all(
+      calls.map(({ key, user }) => post(app.url, '/emails', { key, user, body: email })),
+    );
+    expect(proxy.cutCount).toBe(1);
+    expect(summary(answers.map((answer) => answer.status))).toBe('202×40');
+    for (const [i, { key, user }] of calls.entries()) {
+      expect(await cluster.count('emails', user)).toBe(1);
+      expect(await cluster.record(key)).toMatchObject({ status: 'completed', response: { body: answers[i].text } });
+    }
+    await expectServing(app);
+  });
+
   it('lease mode: an outage shorter than the lease while the result is stored never runs the handler twice', async () => {
     const app = await startBehindProxy({ PROVIDER_LATENCY_MS: '600', IDEMPOTENCY_LEASE_MS: '6000' });
     const key = randomUUID();

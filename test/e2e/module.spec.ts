@@ -11,6 +11,7 @@ import {
 } from '@nestjs/common';
 import { TypeOrmModule } from '@nestjs/typeorm';
 import { randomUUID } from 'node:crypto';
+import { DataSource } from 'typeorm';
 import {
   Idempotent,
   type IdempotencyModuleOptions,
@@ -149,6 +150,30 @@ describe('IdempotencyModule wiring', () => {
       await replays(running.url);
     } finally {
       await running.close();
+    }
+  });
+
+  it('sends prepared statements by default, and none with preparedStatements: false', async () => {
+    for (const preparedStatements of [undefined, false]) {
+      const running = await startApp(
+        appWith([
+          // One connection: the look-up below sees the session the library's statements used.
+          TypeOrmModule.forRoot({ type: 'postgres', url: db.url, extra: { max: 1 } }),
+          IdempotencyModule.forRoot({ preparedStatements }),
+        ]),
+        'express',
+      );
+      try {
+        await replays(running.url);
+        const [{ n }] = await running.app
+          .get(DataSource)
+          .query<{ n: number }[]>(
+            "SELECT count(*)::int AS n FROM pg_prepared_statements WHERE name LIKE 'idempotency%'",
+          );
+        expect(n > 0).toBe(preparedStatements !== false);
+      } finally {
+        await running.close();
+      }
     }
   });
 

@@ -65,6 +65,64 @@ describeStoreContract(
   { describe, it, beforeEach, afterEach, expect },
 );
 
+describeStoreContract(
+  'PostgreSQL, without prepared statements',
+  async () => {
+    await db.pool.query('TRUNCATE idempotency_keys');
+    return {
+      store: new PostgresIdempotencyStore(dataSource, { preparedStatements: false }),
+      advance: (ms) => advanceDatabaseClock(db.pool, ms),
+      teardown: async () => {},
+    };
+  },
+  { describe, it, beforeEach, afterEach, expect },
+);
+
+describe('prepared statements', () => {
+  /** Runs `sql` on every connection of the store's pool (all idle between requests). */
+  async function onEveryConnection(sql: string): Promise<void> {
+    const pool = (dataSource.driver as unknown as { master: pg.Pool }).master;
+    const clients = await Promise.all(Array.from({ length: pool.totalCount }, () => pool.connect()));
+    try {
+      for (const client of clients) await client.query(sql);
+    } finally {
+      for (const client of clients) client.release();
+    }
+  }
+
+  /** A lease-mode and a transactional-mode record, claimed and completed, and read back. */
+  async function bothModes(): Promise<void> {
+    const lease = request(identity());
+    won(await store.claim(lease));
+    expect(await store.complete(lease.identity, lease.ownerToken, RESPONSE, HOUR)).toBe(true);
+    const transactional = request(identity());
+    const transaction = await store.openTransaction();
+    won(await transaction.claim(transactional, Date.now() + 1000, 30_000));
+    await transaction.commit(transactional.identity, transactional.ownerToken, RESPONSE, HOUR);
+    for (const id of [lease.identity, transactional.identity]) {
+      expect(await store.find(id)).toMatchObject({ status: 'completed', response: RESPONSE });
+    }
+  }
+
+  it('are prepared again on a connection whose session lost them (DEALLOCATE ALL)', async () => {
+    await bothModes();
+    await onEveryConnection('DEALLOCATE ALL');
+    await bothModes();
+    await bothModes();
+  });
+
+  it('keep working when a migration adds a column to the table while the application runs', async () => {
+    await bothModes();
+    await db.pool.query('ALTER TABLE idempotency_keys ADD COLUMN added_later integer');
+    try {
+      await bothModes();
+    } finally {
+      await db.pool.query('ALTER TABLE idempotency_keys DROP COLUMN added_later');
+    }
+    await bothModes();
+  });
+});
+
 describe('the database enforces the state machine, whatever SQL runs', () => {
   const CHECK_VIOLATION = '23514';
   const WHERE = 'WHERE scope = $1 AND method = $2 AND route = $3 AND idempotency_key = $4';

@@ -8,6 +8,7 @@ import net from 'node:net';
  */
 export class TcpProxy {
   private readonly pairs = new Set<[net.Socket, net.Socket]>();
+  private readonly silenced = new WeakSet<[net.Socket, net.Socket]>();
   private refusing = false;
   private loseReplyTo?: Buffer;
   /** Connections dropped by cut() and down(), over the proxy's life. */
@@ -68,6 +69,16 @@ export class TcpProxy {
     this.loseReplyTo = Buffer.from(text);
   }
 
+  /**
+   * Every open connection stops carrying data, both ways, without being closed: a network
+   * partition that drops packets, as both ends see it (a query sent on it never returns).
+   * Connections opened afterwards work.
+   */
+  silence(): number {
+    for (const pair of this.pairs) this.silenced.add(pair);
+    return this.pairs.size;
+  }
+
   async close(): Promise<void> {
     this.cut();
     await new Promise<void>((resolve) => this.server.close(() => resolve()));
@@ -90,6 +101,7 @@ export class TcpProxy {
     upstream.on('error', drop).on('close', drop);
     let doomed = false;
     client.on('data', (chunk: Buffer) => {
+      if (this.silenced.has(pair)) return;
       if (this.loseReplyTo && chunk.includes(this.loseReplyTo)) {
         this.loseReplyTo = undefined;
         doomed = true;
@@ -98,6 +110,7 @@ export class TcpProxy {
       upstream.write(chunk);
     });
     upstream.on('data', (chunk: Buffer) => {
+      if (this.silenced.has(pair)) return;
       if (doomed) drop();
       else client.write(chunk);
     });

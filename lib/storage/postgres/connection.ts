@@ -2,10 +2,34 @@ import type { KeyRow } from './statements.js';
 
 /* The node-postgres pool underneath the DataSource, as the store uses it. */
 
+/** A statement with its values, named when it is to be prepared. */
+export interface QueryConfig {
+  text: string;
+  values?: unknown[];
+  name?: string;
+}
+
 /** The subset of node-postgres' Pool and PoolClient this store uses. */
 export interface Queryable {
-  query<Row = KeyRow>(text: string, values?: unknown[]): Promise<{ rows: Row[]; rowCount: number | null }>;
+  query<Row = KeyRow>(
+    text: string | QueryConfig,
+    values?: unknown[],
+  ): Promise<{ rows: Row[]; rowCount: number | null }>;
 }
+
+/**
+ * `db` with the store's hot statements sent as named (prepared) statements: node-postgres
+ * parses one on a connection the first time, and only binds and executes it after that.
+ */
+export function preparing(db: Queryable, names: ReadonlyMap<string, string>): Queryable {
+  return {
+    query: (text, values) => {
+      const name = typeof text === 'string' ? names.get(text) : undefined;
+      return name ? db.query({ name, text: text as string, values }) : db.query(text, values);
+    },
+  };
+}
+
 export interface PoolClient extends Queryable {
   release(error?: Error | boolean): void;
   end(): Promise<void>;

@@ -9,12 +9,15 @@
  *
  * Where operations for one identity must not share a statement, `identity` keeps them
  * apart: a later one waits for the next statement, and sees what the earlier one did.
- * If a shared statement fails (it is atomic, so
- * nothing of it happened), each of its operations runs again on its own: one operation's
- * bad value, or a deadlock, must not become the others' error.
+ * If a shared statement fails, each of its operations runs again on its own: one
+ * operation's bad value, or a deadlock, must not become the others' error. The statement
+ * is atomic, so either nothing of it happened, or (its reply lost after the commit) all of
+ * it did: each operation alone must then read what it finds as its own doing where it is
+ * (a claim recognises its owner token).
  */
 export class GroupedStatements<Item, Result> {
   private pending: Array<Waiting<Item, Result>> = [];
+  /** Statements in flight that have not yet run past `stalledAfterMs`. */
   private inFlight = 0;
 
   constructor(
@@ -27,6 +30,13 @@ export class GroupedStatements<Item, Result> {
       identity?: (item: Item) => string;
       /** Statements of this kind in flight at once. */
       maxInFlight: number;
+      /**
+       * A statement in flight for longer than this no longer holds its place, and the next
+       * group goes without waiting for it: a connection gone silent (a query on it may not
+       * return for minutes) or a long lock wait must not hold up every operation of the
+       * process, and their deadlines with them.
+       */
+      stalledAfterMs: number;
       /** Operations per statement at most. */
       maxSize: number;
     },
@@ -43,9 +53,18 @@ export class GroupedStatements<Item, Result> {
     while (this.inFlight < this.options.maxInFlight && this.pending.length > 0) {
       const group = this.take();
       this.inFlight++;
-      void this.send(group).finally(() => {
+      let counted = true;
+      const uncount = () => {
+        if (!counted) return;
+        counted = false;
         this.inFlight--;
         this.flush();
+      };
+      const stalled = setTimeout(uncount, this.options.stalledAfterMs);
+      stalled.unref();
+      void this.send(group).finally(() => {
+        clearTimeout(stalled);
+        uncount();
       });
     }
   }

@@ -21,6 +21,28 @@ export const LEASE_LAPSED = `(k.status = 'in_progress' AND k.locked_until <= ${N
 const MS = "* interval '1 millisecond'";
 
 /**
+ * The columns every statement returns, named rather than `k.*`: a prepared statement whose
+ * result columns changed (a column added to the table by a later migration, while the
+ * application runs) would fail until its connection closes.
+ */
+const COLUMNS = [
+  'scope',
+  'method',
+  'route',
+  'idempotency_key',
+  'fingerprint',
+  'status',
+  'owner_token',
+  'locked_until',
+  'response',
+  'created_at',
+  'completed_at',
+  'expires_at',
+]
+  .map((column) => `k.${column}`)
+  .join(', ');
+
+/**
  * Fast path, one round trip for the common cases. Looks the record up and, only if there
  * is none, inserts it: the primary key makes two concurrent inserts impossible (the
  * loser's DO NOTHING fires, and it goes to the slow path). A replay thus costs a single
@@ -29,7 +51,7 @@ const MS = "* interval '1 millisecond'";
  */
 export const SQL_CLAIM = `
 WITH existing AS (
-  SELECT k.* FROM ${IDEMPOTENCY_TABLE} k WHERE ${IDENTITY}
+  SELECT ${COLUMNS} FROM ${IDEMPOTENCY_TABLE} k WHERE ${IDENTITY}
 ),
 inserted AS (
   INSERT INTO ${IDEMPOTENCY_TABLE} AS k
@@ -37,7 +59,7 @@ inserted AS (
   SELECT $1, $2, $3, $4, $5, 'in_progress', $6::uuid, ${NOW} + $7::float8 ${MS}, ${NOW} + $8::float8 ${MS}, ${NOW}
   WHERE NOT EXISTS (SELECT 1 FROM existing)
   ON CONFLICT (scope, method, route, idempotency_key) DO NOTHING
-  RETURNING k.*
+  RETURNING ${COLUMNS}
 )
 SELECT true AS claimed, i.*, false AS expired, false AS lease_lapsed FROM inserted i
 UNION ALL
@@ -56,7 +78,7 @@ WITH input AS (
     WITH ORDINALITY AS i(scope, method, route, idempotency_key, fingerprint, owner_token, lease_ms, ttl_ms, arrival)
 ),
 existing AS (
-  SELECT k.* FROM ${IDEMPOTENCY_TABLE} k
+  SELECT ${COLUMNS} FROM ${IDEMPOTENCY_TABLE} k
   WHERE (k.scope, k.method, k.route, k.idempotency_key) IN (SELECT scope, method, route, idempotency_key FROM input)
 ),
 inserted AS (
@@ -69,7 +91,7 @@ inserted AS (
   WHERE NOT EXISTS (SELECT 1 FROM existing e WHERE (e.scope, e.method, e.route, e.idempotency_key) = (i.scope, i.method, i.route, i.idempotency_key))
   ORDER BY i.scope, i.method, i.route, i.idempotency_key, i.arrival
   ON CONFLICT (scope, method, route, idempotency_key) DO NOTHING
-  RETURNING k.*
+  RETURNING ${COLUMNS}
 )
 SELECT true AS claimed, i.*, false AS expired, false AS lease_lapsed FROM inserted i
 UNION ALL
@@ -121,7 +143,7 @@ export function beginHandlerStatement(idleLimitMs: number): string {
  * (take over, re-claim, replay, conflict) and the change it leads to see the same row.
  */
 export const SQL_EXAMINE_FOR_UPDATE = `
-SELECT k.*, ${EXPIRED} AS expired, ${LEASE_LAPSED} AS lease_lapsed
+SELECT ${COLUMNS}, ${EXPIRED} AS expired, ${LEASE_LAPSED} AS lease_lapsed
 FROM ${IDEMPOTENCY_TABLE} k WHERE ${IDENTITY} FOR UPDATE`;
 
 /** Slow path, a key with no row at all: insert; DO NOTHING if a concurrent claim got there first. */
@@ -130,7 +152,7 @@ INSERT INTO ${IDEMPOTENCY_TABLE} AS k
   (scope, method, route, idempotency_key, fingerprint, status, owner_token, locked_until, expires_at, created_at)
 VALUES ($1, $2, $3, $4, $5, 'in_progress', $6, ${NOW} + $7::float8 ${MS}, ${NOW} + $8::float8 ${MS}, ${NOW})
 ON CONFLICT (scope, method, route, idempotency_key) DO NOTHING
-RETURNING k.*`;
+RETURNING ${COLUMNS}`;
 
 /**
  * Slow path, step 2: re-claim an expired record or take over a lapsed lease, with a new
@@ -144,7 +166,7 @@ SET fingerprint = CASE WHEN ${EXPIRED} THEN $5 ELSE k.fingerprint END, status = 
     locked_until = ${NOW} + $7::float8 ${MS}, expires_at = ${NOW} + $8::float8 ${MS},
     response = NULL, created_at = ${NOW}, completed_at = NULL
 WHERE ${IDENTITY} AND (${EXPIRED} OR ${LEASE_LAPSED})
-RETURNING k.*`;
+RETURNING ${COLUMNS}`;
 
 /**
  * in_progress -> completed, only by the owner (fencing) and only while the record is live:
@@ -178,11 +200,11 @@ UPDATE ${IDEMPOTENCY_TABLE} AS k SET locked_until = ${NOW} + $6::float8 ${MS}
 WHERE ${IDENTITY} AND k.status = 'in_progress' AND k.owner_token = $5 AND NOT ${EXPIRED}`;
 
 /** Look-up of a live record. */
-export const SQL_FIND = `SELECT k.* FROM ${IDEMPOTENCY_TABLE} k WHERE ${IDENTITY} AND NOT ${EXPIRED}`;
+export const SQL_FIND = `SELECT ${COLUMNS} FROM ${IDEMPOTENCY_TABLE} k WHERE ${IDENTITY} AND NOT ${EXPIRED}`;
 
 /** Look-ups of several live records in one statement (arrays of identities; one may come more than once). */
 export const SQL_FIND_BATCH = `
-SELECT k.* FROM ${IDEMPOTENCY_TABLE} k
+SELECT ${COLUMNS} FROM ${IDEMPOTENCY_TABLE} k
 WHERE (k.scope, k.method, k.route, k.idempotency_key) IN (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]))
   AND NOT ${EXPIRED}`;
 
@@ -215,6 +237,34 @@ WITH created AS (
 SELECT value FROM created
 UNION ALL
 SELECT value FROM ${SETTINGS_TABLE} WHERE name = 'fingerprint_secret'`;
+
+/**
+ * Names of the statements every request sends, prepared once per connection (parsed and
+ * planned once, not per request) unless the store is told not to.
+ */
+export const PREPARED_NAMES = new Map<string, string>([
+  [SQL_CLAIM, 'idempotency_claim'],
+  [SQL_CLAIM_BATCH, 'idempotency_claim_batch'],
+  [SQL_COMPLETE, 'idempotency_complete'],
+  [SQL_COMPLETE_BATCH, 'idempotency_complete_batch'],
+  [SQL_FIND, 'idempotency_find'],
+  [SQL_FIND_BATCH, 'idempotency_find_batch'],
+  [SQL_RENEW, 'idempotency_renew'],
+  [SQL_RELEASE, 'idempotency_release'],
+]);
+
+/** Transactional mode's claim and completion, prepared with SQL (its statements travel as simple queries). */
+export const TX_CLAIM = 'idempotency_tx_claim';
+export const TX_COMPLETE = 'idempotency_tx_complete';
+export const SQL_PREPARE_TRANSACTIONAL = [
+  `PREPARE ${TX_CLAIM} (text, text, text, text, text, uuid, float8, float8) AS ${SQL_CLAIM}`,
+  `PREPARE ${TX_COMPLETE} (text, text, text, text, uuid, text, float8) AS ${SQL_COMPLETE_OR_FAIL}`,
+];
+
+/** A prepared statement that should exist on the connection does not (its session was reset): invalid_sql_statement_name. */
+export const PREPARED_STATEMENT_MISSING = '26000';
+/** duplicate_prepared_statement: another copy of the library prepared it on this connection first. */
+export const PREPARED_STATEMENT_EXISTS = '42P05';
 
 /** The slow path's transaction: its lock waits are bounded, and no server-side statement time-out cuts them short instead. */
 export const SQL_BEGIN_SLOW_PATH = "BEGIN; SET LOCAL lock_timeout = '5s'; SET LOCAL statement_timeout = 0";

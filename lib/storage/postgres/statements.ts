@@ -44,15 +44,24 @@ export interface KeyRow {
  */
 export async function claimFast(db: Queryable, request: ClaimRequest): Promise<ClaimResult | undefined> {
   const { rows } = await db.query(SQL_CLAIM, claimParameters(request));
-  return fastClaimResult(rows[0]);
+  return fastClaimResult(rows[0], request.ownerToken);
 }
 
-/** What the fast path's row says: claimed, held by another, or (undefined) a case for the slow path. */
-export function fastClaimResult(row: KeyRow | undefined): ClaimResult | undefined {
+/**
+ * What the fast path's row says: claimed, held by another, or (undefined) a case for the
+ * slow path. A live row that carries this claim's own owner token was inserted by this very
+ * claim in a statement whose reply was lost (a group statement re-run alone after its
+ * connection dropped past its commit): the claim is won, not held by another.
+ */
+export function fastClaimResult(row: KeyRow | undefined, ownerToken?: string): ClaimResult | undefined {
   if (row?.claimed) return { claimed: true, record: toRecord(row) };
   if (!row) return undefined;
   const observed = toObserved(row);
-  return observed.expired || observed.leaseLapsed ? undefined : { claimed: false, observed };
+  if (observed.expired || observed.leaseLapsed) return undefined;
+  if (row.status === 'in_progress' && ownerToken !== undefined && row.owner_token === ownerToken) {
+    return { claimed: true, record: observed.record };
+  }
+  return { claimed: false, observed };
 }
 
 /**
@@ -69,7 +78,7 @@ export async function claimFastMany(
   const byIdentity = new Map(rows.map((row) => [identityKey(recordIdentity(row)), row]));
   return requests.map((request) => {
     const row = byIdentity.get(identityKey(request.identity));
-    if (!row?.claimed || row.owner_token === request.ownerToken) return fastClaimResult(row);
+    if (!row?.claimed || row.owner_token === request.ownerToken) return fastClaimResult(row, request.ownerToken);
     return { claimed: false, observed: { record: toRecord(row), expired: false, leaseLapsed: false } };
   });
 }

@@ -2,15 +2,20 @@ import type { EntityManager, QueryRunner } from 'typeorm';
 import type { RecordIdentity } from '../../core/record.js';
 import type { ClaimRequest, ClaimResult, ResponsePayload, StoreTransaction } from '../idempotency.store.js';
 import { type PoolClient } from './connection.js';
-import { inline } from './literals.js';
+import { inline, literal } from './literals.js';
 import {
   beginHandlerStatement,
   CONNECTION_ENDED,
   HANDLER_SAVEPOINT,
+  PREPARED_STATEMENT_EXISTS,
+  PREPARED_STATEMENT_MISSING,
   QUERY_CANCELED,
   SQL_CLAIM,
   SQL_COMPLETE_OR_FAIL,
+  SQL_PREPARE_TRANSACTIONAL,
   SQL_SET_LOCK_TIMEOUT,
+  TX_CLAIM,
+  TX_COMPLETE,
 } from './sql.js';
 import {
   claimParameters,
@@ -21,6 +26,13 @@ import {
   responseText,
   unstorableOrSelf,
 } from './statements.js';
+
+/**
+ * The connections on which this process has prepared transactional mode's statements. A
+ * prepared statement outlives the transaction that made it, even one rolled back, until
+ * its session ends.
+ */
+const preparedOn = new WeakSet<object>();
 
 /** The isolation levels BEGIN accepts, as TypeORM names them in a DataSource's options. */
 const ISOLATION_LEVELS = new Set(['READ UNCOMMITTED', 'READ COMMITTED', 'REPEATABLE READ', 'SERIALIZABLE']);
@@ -49,6 +61,8 @@ export class PostgresStoreTransaction implements StoreTransaction {
   private settled = false;
   private lost = false;
   private readonly runner: TrackedRunner;
+  /** Whether the claim and completion run as prepared statements (SQL PREPARE, then EXECUTE). */
+  private readonly prepared: boolean;
   /** BEGIN, with the DataSource's isolation level if it sets one (as TypeORM's own transactions would). */
   private readonly begin: string;
   private readonly onError = () => {
@@ -58,8 +72,9 @@ export class PostgresStoreTransaction implements StoreTransaction {
   constructor(
     runner: QueryRunner,
     private readonly client: PoolClient,
-    isolationLevel?: string,
+    { isolationLevel, prepared }: { isolationLevel?: string; prepared: boolean },
   ) {
+    this.prepared = prepared;
     this.runner = runner as unknown as TrackedRunner;
     if (isolationLevel !== undefined && !ISOLATION_LEVELS.has(isolationLevel)) {
       throw new Error(`IdempotencyModule: unknown isolation level ${JSON.stringify(isolationLevel)}`);
@@ -91,15 +106,27 @@ export class PostgresStoreTransaction implements StoreTransaction {
   }
 
   async claim(request: ClaimRequest, waitUntil: number, idleLimitMs: number): Promise<ClaimResult> {
-    try {
-      return await this.claimOnce(request, waitUntil, idleLimitMs, false);
-    } catch (error) {
-      // The server's statement_timeout is shorter than this claim's wait: start over in a
-      // fresh transaction whose statements it no longer bounds (lock_timeout does).
-      if ((error as { code?: string }).code !== QUERY_CANCELED || Date.now() >= waitUntil) throw error;
-      await this.client.query('ROLLBACK');
-      await this.ended('Rollback');
-      return this.claimOnce(request, waitUntil, idleLimitMs, true);
+    let withoutStatementTimeout = false;
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await this.claimOnce(request, waitUntil, idleLimitMs, withoutStatementTimeout);
+      } catch (error) {
+        const code = (error as { code?: string }).code;
+        if (attempt >= 2) throw error;
+        if (code === QUERY_CANCELED && Date.now() < waitUntil) {
+          // The server's statement_timeout is shorter than this claim's wait: start over in a
+          // fresh transaction whose statements it no longer bounds (lock_timeout does).
+          withoutStatementTimeout = true;
+        } else if (code === PREPARED_STATEMENT_MISSING) {
+          preparedOn.delete(this.client); // the session was reset under us: prepare again
+        } else if (code === PREPARED_STATEMENT_EXISTS) {
+          preparedOn.add(this.client); // prepared by another copy of the library
+        } else {
+          throw error;
+        }
+        await this.client.query('ROLLBACK');
+        await this.ended('Rollback');
+      }
     }
   }
 
@@ -117,18 +144,21 @@ export class PostgresStoreTransaction implements StoreTransaction {
     withoutStatementTimeout: boolean,
   ): Promise<ClaimResult> {
     const timeLeft = () => `${Math.max(1, Math.ceil(waitUntil - Date.now()))}ms`;
-    const statements = [
+    // One statement per element: the claim's result is the one at its index.
+    const before = [
+      ...this.preparation(),
       this.begin,
       inline('SET LOCAL lock_timeout = $1', [timeLeft()]),
       ...(withoutStatementTimeout ? ['SET LOCAL statement_timeout = 0'] : []),
-      inline(SQL_CLAIM, claimParameters(request)),
-      // Sent whatever the claim finds: a claim that is not won rolls all of it back.
-      beginHandlerStatement(idleLimitMs),
     ];
+    const claim = this.statement(SQL_CLAIM, TX_CLAIM, claimParameters(request));
+    // Sent whatever the claim finds: a claim that is not won rolls all of it back.
+    const text = [...before, claim, beginHandlerStatement(idleLimitMs)].join(';\n');
     await this.starting();
-    const results = (await this.client.query(statements.join(';\n'))) as unknown as { rows: KeyRow[] }[];
+    const results = (await this.client.query(text)) as unknown as { rows: KeyRow[] }[];
+    if (this.prepared) preparedOn.add(this.client);
     await this.started();
-    const fast = fastClaimResult(results[statements.length - 2].rows[0]);
+    const fast = fastClaimResult(results[before.length].rows[0]);
     if (fast) return fast;
     const slow = await claimUnderLock(this.client, request, async () => {
       await this.client.query(SQL_SET_LOCK_TIMEOUT, [timeLeft()]);
@@ -148,7 +178,7 @@ export class PostgresStoreTransaction implements StoreTransaction {
     if (this.runner.transactionDepth !== 1) {
       throw new Error('a transaction the handler opened with manager.transaction() is still open');
     }
-    const completion = inline(SQL_COMPLETE_OR_FAIL, [
+    const completion = this.statement(SQL_COMPLETE_OR_FAIL, TX_COMPLETE, [
       ...identityParameters(identity),
       ownerToken,
       responseText(response),
@@ -161,9 +191,13 @@ export class PostgresStoreTransaction implements StoreTransaction {
       throw unstorableOrSelf(error);
     }
     this.settled = true;
-    await this.ended('Commit');
-    this.client.removeListener('error', this.onError);
-    await this.runner.release();
+    try {
+      // Subscribers run after the commit: one that throws must not keep the connection from the pool.
+      await this.ended('Commit');
+    } finally {
+      this.client.removeListener('error', this.onError);
+      await this.runner.release();
+    }
   }
 
   /**
@@ -184,6 +218,16 @@ export class PostgresStoreTransaction implements StoreTransaction {
       await this.ended('Rollback').catch(() => undefined);
       await this.runner.release();
     }
+  }
+
+  /** The PREPAREs to send first, on a connection that has not had them yet. */
+  private preparation(): string[] {
+    return this.prepared && !preparedOn.has(this.client) ? SQL_PREPARE_TRANSACTIONAL : [];
+  }
+
+  /** A statement with its values as literals: EXECUTE of its prepared form, or the statement itself. */
+  private statement(sql: string, prepared: string, values: unknown[]): string {
+    return this.prepared ? `EXECUTE ${prepared}(${values.map(literal).join(', ')})` : inline(sql, values);
   }
 
   /** As TypeORM's startTransaction() does before its START TRANSACTION. */
