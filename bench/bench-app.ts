@@ -12,6 +12,7 @@ import pg from 'pg';
 import { TypeOrmModule } from '@nestjs/typeorm';
 import { DataSource, type EntityManager } from 'typeorm';
 import { Idempotent, IdempotencyModule, IdempotentManager } from '../lib/index.js';
+import { observabilityOptions } from './observability.js';
 import { Payment, paymentView } from '../sample-app/payments/payment.entity.js';
 
 interface Charge {
@@ -114,6 +115,7 @@ export class BenchModule {
           scope: (request) => String(request.headers['x-user-id'] ?? 'bench'),
           // BENCH_REDIS_URL: lease-mode records in Redis; transactional ones stay in PostgreSQL.
           ...(redis && { redis: { connection: redis.url, keyPrefix: redis.prefix, transactionalRoutes: 'postgres' } }),
+          ...observabilityOptions(),
         }),
       ],
       controllers: [BenchController],

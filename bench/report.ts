@@ -188,6 +188,11 @@ function headline(results: BenchResults): string {
         ]
       : []),
     row(
+      'events + metrics on, first execution × baseline, lease / transactional (off: the rows above)',
+      '',
+      `${ratio('lease: first, events + metrics')} / ${ratio('transactional: first, events + metrics')}`,
+    ),
+    row(
       `app CPU added per first execution at ${results.settings.moderateRate} req/s, µs, lease / transactional (save())`,
       '≤ 150 / ≤ 300',
       `${Math.round(m.get('lease: first')!.addedCpu)} / ${Math.round(m.get('transactional: first')!.addedCpu)}`,
@@ -241,7 +246,9 @@ route: one saves a row to \`payments\` with TypeORM's \`save()\` (three round tr
 Each variant is compared with the baseline of its handler. "first" sends a fresh key with every request; "replay"
 cycles through ${200} completed keys, or hammers one; a burst sends as many consecutive requests per key as it has
 connections, so that they arrive together. The "Redis" variants run on a second bench app (the same code) whose
-lease-mode records are in Redis (\`RedisIdempotencyStore\`); their round trips count Redis commands too.
+lease-mode records are in Redis (\`RedisIdempotencyStore\`); their round trips count Redis commands too. The
+"events + metrics" variants run on a third bench app with an \`onEvent\` listener and \`metrics: true\` (the
+OpenTelemetry SDK registered, with a reader that nothing collects during the run).
 
 ## Headline
 

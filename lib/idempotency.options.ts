@@ -1,5 +1,6 @@
 import type { ExecutionContext, HttpException, Type } from '@nestjs/common';
 import type { FingerprintSecret } from './core/fingerprint.js';
+import type { IdempotencyEventListener } from './observability/events.js';
 import type { ResponseEncryptionKey } from './core/response-cipher.js';
 import type { IdempotencyStore } from './storage/idempotency.store.js';
 import type { RedisStoreOptions } from './storage/redis.store.js';
@@ -127,6 +128,22 @@ export interface IdempotentRouteOptions {
 /** Module options: defaults for every route, plus what only the module decides. */
 export interface IdempotencyModuleOptions extends IdempotentRouteOptions {
   /**
+   * Called with every outcome of every idempotent call (claimed, executed, completed,
+   * released, replayed, conflict, key-reused, store-error), with its scope, method, route,
+   * mode and timings; never a key, a body or a header. Synchronous, on the request's path:
+   * keep it cheap. A listener that throws is logged and ignored.
+   * @default none
+   */
+  onEvent?: IdempotencyEventListener;
+  /**
+   * Record OpenTelemetry metrics through `@opentelemetry/api` (an optional peer; the
+   * application registers the SDK and its exporter): the counter `idempotency.outcomes`
+   * and the histograms `idempotency.claim.duration` and `idempotency.wait.duration` (ms),
+   * by outcome, method, route and mode.
+   * @default false
+   */
+  metrics?: boolean;
+  /**
    * Name of the request header carrying the key.
    * @default 'Idempotency-Key'
    */
@@ -181,6 +198,16 @@ export interface IdempotencyModuleExtras {
    * @default the default DataSource
    */
   dataSource?: string;
+  /**
+   * Register the HTTP and message interceptors and the problem filter for the whole
+   * application. With `false`, nothing is registered application-wide: each controller with
+   * `@Idempotent()` routes names them itself, with `@UseInterceptors(IdempotencyInterceptor)`
+   * (`MessageIdempotencyInterceptor` for message handlers) and
+   * `@UseFilters(IdempotencyExceptionFilter)`. A decorated route whose controller or method
+   * does not name the interceptor fails the start-up, so that it never runs unguarded.
+   * @default true
+   */
+  global?: boolean;
   /**
    * The PostgreSQL store sends each request's statements as prepared statements (parsed and
    * planned once per connection). Set `false` behind a pooler that does not keep a session's

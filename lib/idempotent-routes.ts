@@ -1,4 +1,4 @@
-import { Inject, Injectable, type OnModuleInit, type Type } from '@nestjs/common';
+import { Inject, Injectable, type OnModuleInit, Optional, type Type } from '@nestjs/common';
 import { DiscoveryService, MetadataScanner, Reflector } from '@nestjs/core';
 import { type HttpRoute, httpRouteOf } from './http/http-route.js';
 import { IDEMPOTENT_METADATA } from './idempotent.decorator.js';
@@ -6,8 +6,27 @@ import { MODULE_OPTIONS_TOKEN } from './idempotency.module-definition.js';
 import { type IdempotencyModuleOptions, type IdempotentRouteOptions } from './idempotency.options.js';
 import { resolveRouteOptions, validateOptions } from './options-resolution.js';
 import { type MessageRoute, messageRouteOf } from './microservices/message-route.js';
-import { type Handler, isHttpHandler, isMessageHandler, isWebsocketHandler, nameOf } from './route-metadata.js';
+import {
+  type Handler,
+  isHttpHandler,
+  isMessageHandler,
+  isWebsocketHandler,
+  nameOf,
+  namesInterceptor,
+} from './route-metadata.js';
 import { IdempotencyStore } from './storage/idempotency.store.js';
+
+/**
+ * Provided with `global: false`: the interceptors each controller must name itself (given
+ * by the module, which imports them; this file cannot without an import cycle).
+ */
+export const LOCAL_ENHANCERS_ONLY = Symbol('idempotency:local-enhancers-only');
+
+/** The interceptor classes a controller names with `global: false`. */
+export interface LocalEnhancers {
+  readonly http: Type;
+  readonly rpc: Type;
+}
 
 /** An idempotent handler, in the context it serves. */
 export type IdempotentRoute = HttpRoute | MessageRoute;
@@ -31,6 +50,7 @@ export class IdempotentRoutes implements OnModuleInit {
     private readonly scanner: MetadataScanner,
     private readonly store: IdempotencyStore,
     @Inject(MODULE_OPTIONS_TOKEN) private readonly moduleOptions: IdempotencyModuleOptions,
+    @Optional() @Inject(LOCAL_ENHANCERS_ONLY) private readonly localEnhancers?: LocalEnhancers,
   ) {}
 
   onModuleInit(): void {
@@ -50,7 +70,7 @@ export class IdempotentRoutes implements OnModuleInit {
       if (!controller?.prototype) continue;
       controllers.add(controller);
       for (const handler of this.methodsOf(controller)) {
-        if (isHttpHandler(handler) || isMessageHandler(handler)) this.of(controller, handler);
+        if (isHttpHandler(handler) || isMessageHandler(handler)) this.refuseUnregistered(controller, handler);
         else this.refuseUnguarded(controller, handler);
       }
     }
@@ -89,6 +109,22 @@ export class IdempotentRoutes implements OnModuleInit {
     const decorators = { onClass, onMethod };
     if (isMessageHandler(handler)) return messageRouteOf(handler, decorators, options, this.moduleOptions, where);
     return httpRouteOf(controller, handler, decorators, options, where);
+  }
+
+  /**
+   * With `global: false`, an idempotent route whose controller does not name the
+   * interceptor would run every duplicate while its author believes it guarded.
+   */
+  private refuseUnregistered(controller: Type, handler: Handler): void {
+    const route = this.of(controller, handler);
+    if (!route || !this.localEnhancers) return;
+    const interceptor = route.context === 'http' ? this.localEnhancers.http : this.localEnhancers.rpc;
+    if (namesInterceptor(controller, handler, interceptor)) return;
+    throw new Error(
+      `@Idempotent() on ${controller.name}.${nameOf(handler)}: IdempotencyModule has global: false, and neither ` +
+        `the controller nor the method names the interceptor. Add @UseInterceptors(${interceptor.name}) ` +
+        '(and @UseFilters(IdempotencyExceptionFilter) for problem+json errors) to the controller, or drop global: false.',
+    );
   }
 
   /**

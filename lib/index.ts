@@ -3,11 +3,19 @@ export { IdempotencyModule } from './idempotency.module.js';
 export { Idempotent, IDEMPOTENT_METADATA } from './idempotent.decorator.js';
 export { IdempotentManager, IdempotentTransaction } from './core/idempotent-transaction.js';
 export { IdempotencyService } from './core/idempotency.service.js';
+export {
+  IdempotentTransactionalAdapterTypeOrm,
+  type IdempotentTypeOrmAdapterOptions,
+  type IdempotentTypeOrmTransactionOptions,
+} from './nestjs-cls/idempotent-typeorm.adapter.js';
 export type { IdempotentRunOptions } from './core/run-options.js';
 export { IdempotentMethod, type IdempotentMethodOptions } from './method/idempotent-method.decorator.js';
 export { currentIdempotentCall, type IdempotentCall } from './method/current-call.js';
 export { IdempotencyInterceptor, REPLAYED_HEADER } from './http/idempotency.interceptor.js';
 export { IdempotencyExceptionFilter } from './http/idempotency.filter.js';
+export { MessageIdempotencyInterceptor } from './microservices/message.interceptor.js';
+export { recordRef } from './operator/record-ref.js';
+export type { IdempotencyEvent, IdempotencyEventListener, IdempotencyEventType } from './observability/events.js';
 export {
   DEFAULT_REPLAY_HEADERS,
   type ConcurrencyMode,

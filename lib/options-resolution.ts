@@ -117,6 +117,9 @@ export function validateModuleOptions(options: IdempotencyModuleOptions): void {
       );
     }
   }
+  if (options.onEvent !== undefined && typeof options.onEvent !== 'function') {
+    throw new Error('IdempotencyModule: "onEvent" must be a function (event) => void.');
+  }
   const interval = options.purgeIntervalMs;
   if (
     interval !== undefined &&

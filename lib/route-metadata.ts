@@ -20,6 +20,8 @@ const ROUTE_ARGS = '__routeArguments__';
 const RESPONSE_PASSTHROUGH = '__responsePassthrough__';
 const SSE = '__sse__';
 const HEADERS = '__headers__';
+const HTTP_CODE = '__httpCode__';
+const INTERCEPTORS = '__interceptors__';
 /** `@MessagePattern()` / `@EventPattern()` of `@nestjs/microservices`. */
 const MESSAGE_PATTERN = 'microservices:pattern';
 /** `PatternHandler.MESSAGE` (1) or `.EVENT` (2). */
@@ -130,4 +132,19 @@ export function writesResponseItself(controller: Type, handler: Handler): boolea
 /** A function's name (a method's is its property name, under which Nest keys parameter metadata). */
 export function nameOf(target: Handler): string {
   return (target as { name?: string }).name ?? '';
+}
+
+/** The status of a handler's success: `@HttpCode()`, else 201 for POST and 200 for the rest, as Nest answers. */
+export function successStatusOf(handler: Handler): number {
+  const code = Reflect.getMetadata(HTTP_CODE, handler) as number | undefined;
+  if (code) return code;
+  return Reflect.getMetadata(METHOD, handler) === 1 ? 201 : 200; // RequestMethod.POST is 1
+}
+
+/** Whether `@UseInterceptors()` on the controller or the handler names `interceptor` (its class or an instance). */
+export function namesInterceptor(controller: Type, handler: Handler, interceptor: Type): boolean {
+  const named = [controller, handler].flatMap(
+    (target) => (Reflect.getMetadata(INTERCEPTORS, target) ?? []) as unknown[],
+  );
+  return named.some((entry) => entry === interceptor || entry instanceof interceptor);
 }

@@ -40,6 +40,7 @@ export class AppModule {
           waitTimeoutMs: config.waitTimeoutMs,
           ttlMs: config.ttlMs,
           purgeIntervalMs: 10 * 60 * 1000,
+          metrics: config.metrics,
           ...(config.idempotencyStore === 'redis' && {
             // Lease-mode routes in Redis; the transactional ones (POST /payments, the
             // receipts consumer, the settlement job) keep their records in PostgreSQL.

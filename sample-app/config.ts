@@ -10,6 +10,8 @@ export interface SampleConfig {
   waitTimeoutMs?: number;
   /** How long completed keys are replayed. */
   ttlMs?: number;
+  /** `METRICS=1`: the library's OpenTelemetry metrics, served in Prometheus format at /metrics. */
+  metrics: boolean;
   /** Payment events and receipts over RabbitMQ; off when RABBITMQ_URL is unset. */
   messaging?: MessagingConfig;
   /** Scheduled settlements through a BullMQ queue on Redis; off when REDIS_URL is unset. */
@@ -54,6 +56,7 @@ export function configFromEnv(databaseUrl: string): SampleConfig {
     leaseMs: numberFromEnv('IDEMPOTENCY_LEASE_MS'),
     waitTimeoutMs: numberFromEnv('IDEMPOTENCY_WAIT_TIMEOUT_MS'),
     ttlMs: numberFromEnv('IDEMPOTENCY_TTL_MS'),
+    metrics: process.env.METRICS === '1',
     messaging: process.env.RABBITMQ_URL
       ? { url: process.env.RABBITMQ_URL, queue: process.env.RABBITMQ_QUEUE || 'sample-app.payment-events' }
       : undefined,

@@ -5,7 +5,9 @@ import { NestFactory } from '@nestjs/core';
 import { AppModule } from './app.module.js';
 import { loadBrokerFeatures } from './brokers.js';
 import { configFromEnv, numberFromEnv } from './config.js';
+import { serveApiDocs } from './docs.js';
 import { startEmbeddedDatabase } from './embedded-database.js';
+import { startMetrics } from './metrics.js';
 
 /**
  * The sample payments API. Env: PORT (default 3000), DATABASE_URL (when unset, an
@@ -24,9 +26,12 @@ async function bootstrap(): Promise<void> {
     stopDatabase = () => embedded.stop();
   }
   const config = configFromEnv(databaseUrl);
+  const serveMetrics = startMetrics(config.metrics);
   const brokers = await loadBrokerFeatures(config, logger);
   const app = await NestFactory.create(AppModule.forRoot(config, brokers.imports));
   brokers.connect(app);
+  serveApiDocs(app);
+  serveMetrics?.(app);
   const port = numberFromEnv('PORT', 3000)!;
   await app.listen(port);
   const address = (app.getHttpServer() as Server).address();

@@ -12,7 +12,9 @@ import { type Attempt, type ExecutionMode, Flow, where } from './flow.js';
 import { currentManager } from './idempotent-transaction.js';
 import { KeyQueue } from './key-queue.js';
 import { LeaseMode } from './lease.mode.js';
-import type { IdempotencyRecord, RecordIdentity, StoredResponse } from './record.js';
+import { IdempotencyEvents } from '../observability/events.js';
+import { auditLine } from '../operator/audit.js';
+import type { IdempotencyRecord, RecordIdentity, RecordStatus, StoredResponse } from './record.js';
 import { ResponseCipher } from './response-cipher.js';
 import { type IdempotentRunOptions, operationOf } from './run-options.js';
 import { resultOf, storedResult, unreplayable } from './stored-response.js';
@@ -35,6 +37,7 @@ export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
   private readonly flow: Flow;
   private readonly lease: LeaseMode;
   private readonly transactional: TransactionalMode;
+  private readonly events: IdempotencyEvents;
   private fingerprinter?: Fingerprinter;
   private purgeTimer?: NodeJS.Timeout;
   private purging = false;
@@ -50,6 +53,7 @@ export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
     this.flow = new Flow(store, this.cipher, this.logger, moduleOptions.retryAfterSeconds ?? 1);
     this.lease = new LeaseMode(this.flow);
     this.transactional = new TransactionalMode(this.flow);
+    this.events = new IdempotencyEvents(moduleOptions.onEvent);
   }
 
   async onModuleInit(): Promise<void> {
@@ -80,6 +84,7 @@ export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
     const given = this.moduleOptions.fingerprintSecret;
     const [current, ...previous] = given === undefined ? [await this.store.sharedSecret()] : [given].flat();
     this.fingerprinter = new Fingerprinter(current, previous);
+    if (this.moduleOptions.metrics) await this.events.addOpenTelemetry(this.logger);
   }
 
   async onApplicationShutdown(): Promise<void> {
@@ -139,7 +144,19 @@ export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
    * @internal Decides what a call gets: claims the record, waits for it (`concurrency:
    * 'wait'`), or finds it completed. Throws 409, 422 or 503 problems.
    */
-  async begin(options: ResolvedRouteOptions, identity: RecordIdentity, parts: FingerprintParts): Promise<Outcome> {
+  begin(options: ResolvedRouteOptions, identity: RecordIdentity, parts: FingerprintParts): Promise<Outcome> {
+    return this.events.observeDecision(
+      options,
+      () => storedIdentity(identity),
+      () => this.decide(options, identity, parts),
+    );
+  }
+
+  private async decide(
+    options: ResolvedRouteOptions,
+    identity: RecordIdentity,
+    parts: FingerprintParts,
+  ): Promise<Outcome> {
     if (!this.fingerprinter) await this.ready();
     identity = { ...identity, scope: storedScope(identity.scope) };
     const fingerprints = this.fingerprinter!.of(parts);
@@ -214,7 +231,7 @@ export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
 
   /** @internal Runs the handler of a won claim, in its transaction in transactional mode. */
   runHandler<T>(execution: Execution, handler: () => Promise<T>): Promise<T> {
-    return this.modeOf(execution.options).runHandler(execution, handler);
+    return this.modeOf(execution.options).runHandler(execution, this.events.timed(execution, handler));
   }
 
   /**
@@ -223,7 +240,7 @@ export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
    * truth (see `TransactionalMode.complete`).
    */
   complete(execution: Execution, response: StoredResponse): Promise<StoredResponse | undefined> {
-    return this.modeOf(execution.options).complete(execution, response);
+    return this.events.after('completed', execution, this.modeOf(execution.options).complete(execution, response));
   }
 
   /**
@@ -234,7 +251,7 @@ export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
   async fail(execution: Execution, error: unknown, capture: () => StoredResponse | undefined): Promise<unknown> {
     const mode = this.modeOf(execution.options);
     if (mode.lostConnection(execution, error)) {
-      await mode.release(execution);
+      await this.events.after('released', execution, mode.release(execution));
       return this.flow.unavailable(error);
     }
     let stored: StoredResponse | undefined;
@@ -247,10 +264,10 @@ export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
       );
     }
     if (!stored) {
-      await mode.release(execution);
+      await this.events.after('released', execution, mode.release(execution));
       return error;
     }
-    return mode.completeWithError(execution, stored, error);
+    return this.events.after('completed', execution, mode.completeWithError(execution, stored, error));
   }
 
   /** @internal A result that cannot be stored: completed as not replayable, or released where its effect is undone. */
@@ -260,7 +277,7 @@ export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
 
   /** @internal Frees the key of a failed execution so that a retry runs the handler again. */
   release(execution: Execution): Promise<void> {
-    return this.modeOf(execution.options).release(execution);
+    return this.events.after('released', execution, this.modeOf(execution.options).release(execution));
   }
 
   /** The live record of an identity (null when absent or expired), e.g. for support tooling. */
@@ -268,6 +285,30 @@ export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
     const scoped = { ...identity, scope: storedScope(identity.scope) };
     const record = await this.store.find(scoped);
     return record?.response ? { ...record, response: this.cipher.open(scoped, record.response) } : record;
+  }
+
+  /**
+   * Operator action: frees an in-progress key whose owner is gone (a process that died
+   * with a long lease, a stuck job), so that the next request with it runs. Returns false
+   * when the identity has no in-progress record. Logged (method, route and `recordRef`,
+   * never the key). The owner, if it was alive after all, is fenced out of completing.
+   */
+  async releaseRecord(identity: RecordIdentity): Promise<boolean> {
+    const scoped = { ...identity, scope: storedScope(identity.scope) };
+    const released = await this.store.releaseRecord(scoped);
+    this.logger.log(auditLine('release', scoped, released ? 'released' : 'no in-progress record'));
+    return released;
+  }
+
+  /**
+   * Operator action: deletes the identity's record, completed or not, so that the key runs
+   * afresh. Returns the status it had, or null when there was none. Logged like `releaseRecord()`.
+   */
+  async deleteRecord(identity: RecordIdentity): Promise<RecordStatus | null> {
+    const scoped = { ...identity, scope: storedScope(identity.scope) };
+    const deleted = await this.store.deleteRecord(scoped);
+    this.logger.log(auditLine('delete', scoped, deleted ? `deleted (was ${deleted})` : 'no record'));
+    return deleted;
   }
 
   /** Deletes expired records in bounded batches; returns how many were deleted. */
@@ -317,4 +358,8 @@ export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
 export function storedScope(scope: string): string {
   if (Buffer.byteLength(scope, 'utf8') <= MAX_STORED_SCOPE_BYTES && !scope.startsWith(HASHED_SCOPE)) return scope;
   return HASHED_SCOPE + createHash('sha256').update(scope, 'utf8').digest('hex');
+}
+
+function storedIdentity(identity: RecordIdentity): RecordIdentity {
+  return { ...identity, scope: storedScope(identity.scope) };
 }

@@ -6,13 +6,19 @@ import type { StoreTransaction } from '../storage/idempotency.store.js';
 /** Emptied when the handler has returned: callbacks it left behind find no transaction. */
 interface Scope {
   transaction?: StoreTransaction;
+  /** The operation's name for the log (`POST /payments`). */
+  where?: string;
 }
 
 const current = new AsyncLocalStorage<Scope>();
 
 /** @internal Runs a transactional route's handler with its transaction in context. */
-export async function runInTransaction<T>(transaction: StoreTransaction, run: () => Promise<T>): Promise<T> {
-  const scope: Scope = { transaction };
+export async function runInTransaction<T>(
+  transaction: StoreTransaction,
+  run: () => Promise<T>,
+  where?: string,
+): Promise<T> {
+  const scope: Scope = { transaction, where };
   try {
     return await current.run(scope, run);
   } finally {
@@ -29,6 +35,12 @@ export async function runInTransaction<T>(transaction: StoreTransaction, run: ()
  */
 export function runOutsideTransaction<T>(run: () => Promise<T>): Promise<T> {
   return current.getStore()?.transaction ? current.run({}, run) : run();
+}
+
+/** @internal The name of the transactional operation whose handler is running here, if any. */
+export function currentTransactionalOperation(): string | undefined {
+  const scope = current.getStore();
+  return scope?.transaction ? (scope.where ?? 'a transactional operation') : undefined;
 }
 
 /** @internal The EntityManager of the running transactional execution, if any. */

@@ -54,7 +54,7 @@ export class TransactionalMode implements ExecutionMode {
 
   /** The handler runs with the transaction in context (`IdempotentTransaction`, `@IdempotentManager()`). */
   runHandler<T>(execution: Execution, handler: () => Promise<T>): Promise<T> {
-    return runInTransaction(transactionOf(execution), handler);
+    return runInTransaction(transactionOf(execution), handler, where(execution));
   }
 
   /**

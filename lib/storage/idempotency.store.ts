@@ -3,6 +3,7 @@ import type {
   IdempotencyRecord,
   ObservedRecord,
   RecordIdentity,
+  RecordStatus,
   SealedResponse,
   StoredResponse,
 } from '../core/record.js';
@@ -116,6 +117,23 @@ export abstract class IdempotencyStore {
 
   /** Deletes expired records in batches; returns how many were deleted. */
   abstract purgeExpired(options?: PurgeOptions): Promise<number>;
+
+  /**
+   * Operator action: deletes the identity's in-progress record whatever its owner token (its
+   * owner is gone), so that the next request runs again; false when there is no
+   * in-progress record. A completed record is left alone.
+   */
+  releaseRecord(_identity: RecordIdentity): Promise<boolean> {
+    return Promise.reject(new Error(`${this.constructor.name} does not support releasing records`));
+  }
+
+  /**
+   * Operator action: deletes the identity's record whatever its state, a completed one
+   * before it expires included; the status it had, or null when there was none.
+   */
+  deleteRecord(_identity: RecordIdentity): Promise<RecordStatus | null> {
+    return Promise.reject(new Error(`${this.constructor.name} does not support deleting records`));
+  }
 
   /**
    * How a duplicate waits (`concurrency: 'wait'`) before it reads the record again: until

@@ -5,6 +5,7 @@ import {
   type IdempotencyRecord,
   type ObservedRecord,
   type RecordIdentity,
+  type RecordStatus,
 } from '../core/record.js';
 import {
   type ClaimRequest,
@@ -99,6 +100,17 @@ export class MemoryIdempotencyStore extends IdempotencyStore {
     if (!record) return false;
     this.records.set(keyOf(identity), { ...record, lockedUntil: new Date(this.now() + leaseMs) });
     return true;
+  }
+
+  override async releaseRecord(identity: RecordIdentity): Promise<boolean> {
+    const record = await this.find(identity);
+    return record?.status === 'in_progress' && this.records.delete(keyOf(identity));
+  }
+
+  override async deleteRecord(identity: RecordIdentity): Promise<RecordStatus | null> {
+    const record = await this.find(identity);
+    if (record) this.records.delete(keyOf(identity));
+    return record?.status ?? null;
   }
 
   async find(identity: RecordIdentity): Promise<IdempotencyRecord | null> {

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { DataSource } from 'typeorm';
-import type { IdempotencyRecord, RecordIdentity } from '../core/record.js';
+import type { IdempotencyRecord, RecordIdentity, RecordStatus } from '../core/record.js';
 import {
   type ClaimRequest,
   type ClaimResult,
@@ -48,6 +48,8 @@ import {
   responseText,
   toRecord,
 } from './postgres/statements.js';
+import * as operator from './postgres/operator.js';
+import { watchSecondConnections } from './postgres/second-connections.js';
 import { PostgresStoreTransaction } from './postgres/transaction.js';
 
 export { IDEMPOTENCY_TABLE } from './postgres/sql.js';
@@ -106,6 +108,7 @@ export class PostgresIdempotencyStore extends IdempotencyStore {
     // TypeOrmModule does before any provider that injects it is created.
     this.pool = (dataSource.driver as unknown as { master: Pool }).master;
     guardClients(this.pool);
+    watchSecondConnections(this.pool);
     this.names = options.preparedStatements === false ? new Map() : PREPARED_NAMES;
     this.claims = new GroupedStatements({
       one: (request) => this.withClient(request.deadline, (client) => claimFast(client, request)),
@@ -224,6 +227,14 @@ export class PostgresIdempotencyStore extends IdempotencyStore {
 
   find(identity: RecordIdentity, deadline?: number): Promise<IdempotencyRecord | null> {
     return this.finds.run({ identity, deadline });
+  }
+
+  override async releaseRecord(identity: RecordIdentity): Promise<boolean> {
+    return (await operator.releaseRecord(this.pool, identity)) !== null;
+  }
+
+  override deleteRecord(identity: RecordIdentity): Promise<RecordStatus | null> {
+    return operator.deleteRecord(this.pool, identity);
   }
 
   async sharedSecret(): Promise<Buffer> {

@@ -208,6 +208,14 @@ describe('compatibility matrix', () => {
           readFileSync(join(dir, 'node_modules/nestjs-idempotency-postgres/package.json'), 'utf8'),
         );
         expect(installed.version).toBe(pkg.version);
+        // The package's bin as an installed application runs it; --help loads its whole module graph.
+        const help = await mustRun(
+          `${name}: the package's bin`,
+          'npx',
+          ['--no-install', 'nestjs-idempotency-postgres', '--help'],
+          dir,
+        );
+        expect(help.stdout).toContain('Usage: nestjs-idempotency-postgres <command>');
 
         await mustRun(`${name}: its test suite`, 'npm', ['test'], dir, { DATABASE_URL: databaseUrl });
       },

@@ -61,7 +61,10 @@ describe('README', () => {
         lib: ['lib.es2024.d.ts'],
         types: ['node'],
         // As the package resolves for its users, but from the sources.
-        paths: { [PACKAGE]: [join(ROOT, 'lib/index.ts')] },
+        paths: {
+          [PACKAGE]: [join(ROOT, 'lib/index.ts')],
+          [`${PACKAGE}/testing`]: [join(ROOT, 'lib/testing/index.ts')],
+        },
       },
     );
     const problems = ts.getPreEmitDiagnostics(program).map((diagnostic) => {

@@ -1,25 +1,28 @@
-import { describe, expect, it } from '@jest/globals';
-import { MemoryIdempotencyStore } from '../../lib/index.js';
-import { describeStoreContract } from './store.contract.js';
-import { HOUR, identity, MINUTE, request, RESPONSE, won } from './store.fixtures.js';
+import { afterEach, beforeEach, describe, expect, it } from '@jest/globals';
+import {
+  describeStoreContract,
+  HOUR,
+  identity,
+  ManualClock,
+  MemoryIdempotencyStore,
+  MINUTE,
+  request,
+  RESPONSE,
+  won,
+} from '../../lib/testing/index.js';
 
-/** The memory store's clock: only a test moves it. */
-class ManualClock {
-  private time = Date.UTC(2025, 0, 1);
-  readonly now = (): number => this.time;
-  advance(ms: number): void {
-    this.time += ms;
-  }
-}
-
-describeStoreContract('memory', async () => {
-  const clock = new ManualClock();
-  return {
-    store: new MemoryIdempotencyStore(clock.now),
-    advance: async (ms) => clock.advance(ms),
-    teardown: async () => {},
-  };
-});
+describeStoreContract(
+  'memory',
+  async () => {
+    const clock = new ManualClock();
+    return {
+      store: new MemoryIdempotencyStore(clock.now),
+      advance: async (ms) => clock.advance(ms),
+      teardown: async () => {},
+    };
+  },
+  { describe, it, beforeEach, afterEach, expect },
+);
 
 describe('MemoryIdempotencyStore sweeps expired records', () => {
   async function claimAndComplete(store: MemoryIdempotencyStore, ttlMs: number) {

@@ -5,7 +5,7 @@ import { DataSource } from 'typeorm';
 import { PostgresIdempotencyStore } from '../../lib/index.js';
 import { createTestDatabase, type TestDatabase } from '../support/database.js';
 import { TcpProxy } from '../support/tcp-proxy.js';
-import { HOUR, identity, request, RESPONSE, won } from './store.fixtures.js';
+import { HOUR, identity, request, RESPONSE, won } from '../../lib/testing/index.js';
 
 /*
  * The PostgreSQL store's group statements under network faults, with every connection of

@@ -1,12 +1,11 @@
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from '@jest/globals';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from '@jest/globals';
 import { randomUUID } from 'node:crypto';
 import type pg from 'pg';
 import { DataSource } from 'typeorm';
 import { PostgresIdempotencyStore, type RecordIdentity } from '../../lib/index.js';
 import { UnstorableResponseError } from '../../lib/storage/idempotency.store.js';
 import { createTestDatabase, type TestDatabase } from '../support/database.js';
-import { describeStoreContract } from './store.contract.js';
-import { HOUR, identity, request, RESPONSE, won } from './store.fixtures.js';
+import { describeStoreContract, HOUR, identity, request, RESPONSE, won } from '../../lib/testing/index.js';
 
 /**
  * Makes `ms` pass for a store that compares against the database clock: every timestamp
@@ -57,19 +56,27 @@ afterAll(async () => {
   await db?.drop();
 });
 
-describeStoreContract('PostgreSQL', async () => {
-  await db.pool.query('TRUNCATE idempotency_keys');
-  return { store, advance: (ms) => advanceDatabaseClock(db.pool, ms), teardown: async () => {} };
-});
+describeStoreContract(
+  'PostgreSQL',
+  async () => {
+    await db.pool.query('TRUNCATE idempotency_keys');
+    return { store, advance: (ms) => advanceDatabaseClock(db.pool, ms), teardown: async () => {} };
+  },
+  { describe, it, beforeEach, afterEach, expect },
+);
 
-describeStoreContract('PostgreSQL, without prepared statements', async () => {
-  await db.pool.query('TRUNCATE idempotency_keys');
-  return {
-    store: new PostgresIdempotencyStore(dataSource, { preparedStatements: false }),
-    advance: (ms) => advanceDatabaseClock(db.pool, ms),
-    teardown: async () => {},
-  };
-});
+describeStoreContract(
+  'PostgreSQL, without prepared statements',
+  async () => {
+    await db.pool.query('TRUNCATE idempotency_keys');
+    return {
+      store: new PostgresIdempotencyStore(dataSource, { preparedStatements: false }),
+      advance: (ms) => advanceDatabaseClock(db.pool, ms),
+      teardown: async () => {},
+    };
+  },
+  { describe, it, beforeEach, afterEach, expect },
+);
 
 describe('prepared statements', () => {
   /** Runs `sql` on every connection of the store's pool (all idle between requests). */

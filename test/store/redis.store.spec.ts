@@ -1,11 +1,18 @@
-import { afterAll, beforeAll, expect, it } from '@jest/globals';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from '@jest/globals';
 import { Cluster, Redis } from 'ioredis';
 import { RedisIdempotencyStore, type RedisClient } from '../../lib/index.js';
 import { BROKER_URLS, describeWithBrokers } from '../support/brokers.js';
 import { LocalRedisCluster } from '../support/redis-servers.js';
 import { advanceRedisClock, deleteKeys, testPrefix } from '../support/redis-store.js';
-import { describeStoreContract, type StoreHarness } from './store.contract.js';
-import { HOUR, identity, request, RESPONSE, won } from './store.fixtures.js';
+import {
+  describeStoreContract,
+  HOUR,
+  identity,
+  request,
+  RESPONSE,
+  type StoreHarness,
+  won,
+} from '../../lib/testing/index.js';
 
 const describeRedis = await describeWithBrokers(['redis']);
 
@@ -38,6 +45,7 @@ describeRedis('Redis store on one server', () => {
   describeStoreContract(
     'Redis, one server',
     harnessOn(() => client),
+    { describe, it, beforeEach, afterEach, expect },
   );
 
   it('keeps a record under one key with a hash tag, expiring when the record stops counting', async () => {
@@ -114,6 +122,7 @@ describeRedis('Redis store on a Redis Cluster of three masters', () => {
   describeStoreContract(
     'Redis Cluster',
     harnessOn(() => client),
+    { describe, it, beforeEach, afterEach, expect },
   );
 
   it('spreads records over the masters, each script on the node that holds its key', async () => {

@@ -8,7 +8,7 @@ export default async function globalTeardown(): Promise<void> {
     // Loud on purpose: these suites did not pass, they did not run.
     const rule = '!'.repeat(78);
     console.warn(
-      `\n${rule}\nSUITES NOT RUN (a broker they need is unreachable; not counted as passed):\n${skipped}\n${rule}\n`,
+      `\n${rule}\nSUITES NOT RUN (a broker or browser they need is missing; not counted as passed):\n${skipped}\n${rule}\n`,
     );
   }
 }

@@ -12,11 +12,11 @@ export const SETTINGS_TABLE = 'idempotency_settings';
 
 const NOW = 'statement_timestamp()';
 
-const IDENTITY = 'k.scope = $1 AND k.method = $2 AND k.route = $3 AND k.idempotency_key = $4';
+export const IDENTITY = 'k.scope = $1 AND k.method = $2 AND k.route = $3 AND k.idempotency_key = $4';
 
 /** A record counts as absent once expired, but never while a live lease protects a running request. */
-const EXPIRED = `(k.expires_at <= ${NOW} AND NOT (k.status = 'in_progress' AND k.locked_until > ${NOW}))`;
-const LEASE_LAPSED = `(k.status = 'in_progress' AND k.locked_until <= ${NOW})`;
+export const EXPIRED = `(k.expires_at <= ${NOW} AND NOT (k.status = 'in_progress' AND k.locked_until > ${NOW}))`;
+export const LEASE_LAPSED = `(k.status = 'in_progress' AND k.locked_until <= ${NOW})`;
 
 const MS = "* interval '1 millisecond'";
 

@@ -1,13 +1,32 @@
-import { afterEach, beforeEach, describe, expect, it } from '@jest/globals';
 import { randomUUID } from 'node:crypto';
-import type {
-  ClaimRequest,
-  IdempotencyRecord,
-  IdempotencyStore,
-  RecordIdentity,
-  StoredResponse,
-} from '../../lib/index.js';
-import { HOUR, identity, LEASE, lost, MINUTE, request, RESPONSE, SECOND, won } from './store.fixtures.js';
+import type { IdempotencyRecord, RecordIdentity, StoredResponse } from '../core/record.js';
+import { type ClaimRequest, IdempotencyStore } from '../storage/idempotency.store.js';
+import { HOUR, identity, LEASE, lost, MINUTE, request, RESPONSE, SECOND, won } from './store-fixtures.js';
+
+/**
+ * The assertions the contract makes: Jest's `expect` and Vitest's both fit. The contract
+ * is written against this, not against a test framework, so that a store's author runs it
+ * under the framework of their project.
+ */
+export interface ContractMatchers {
+  toBe(expected: unknown): void;
+  toEqual(expected: unknown): void;
+  toMatchObject(expected: object): void;
+  toBeNull(): void;
+  toBeGreaterThan(expected: number): void;
+  toBeGreaterThanOrEqual(expected: number): void;
+  toHaveLength(expected: number): void;
+  readonly not: Pick<ContractMatchers, 'toBe' | 'toEqual' | 'toBeNull'>;
+}
+
+/** The test framework's functions the contract uses: pass `{ describe, it, beforeEach, afterEach, expect }`. */
+export interface ContractTestApi {
+  describe: (name: string, body: () => void) => void;
+  it: (name: string, body: () => Promise<void>) => void;
+  beforeEach: (body: () => Promise<void>) => void;
+  afterEach: (body: () => Promise<void>) => void;
+  expect: (actual: unknown) => ContractMatchers;
+}
 
 /** What the contract needs from a store under test. */
 export interface StoreHarness {
@@ -31,7 +50,11 @@ export interface StoreHarness {
  * The guarantees of `IdempotencyStore` (see its doc comment), run against one store.
  * `setup` is called before every scenario and must hand out an empty store.
  */
-export function describeStoreContract(name: string, setup: () => Promise<StoreHarness>): void {
+export function describeStoreContract(
+  name: string,
+  setup: () => Promise<StoreHarness>,
+  { describe, it, beforeEach, afterEach, expect }: ContractTestApi,
+): void {
   describe(`IdempotencyStore contract: ${name}`, () => {
     let harness: StoreHarness;
     let store: IdempotencyStore;
@@ -235,20 +258,20 @@ export function describeStoreContract(name: string, setup: () => Promise<StoreHa
 
       // "A record whose expiresAt has passed behaves as absent for every operation": an
       // owner that stalled past lease and lifetime must not bring its record back.
-      it.each([
-        ['complete', (id: RecordIdentity, token: string) => store.complete(id, token, RESPONSE, HOUR)],
-        ['renew', (id: RecordIdentity, token: string) => store.renew(id, token, HOUR)],
-      ])(
-        'an expired record is absent to its former owner too: %s returns false and changes nothing',
-        async (_, write) => {
+      const formerOwnerWrites: Array<[string, (id: RecordIdentity, token: string) => Promise<boolean>]> = [
+        ['complete', (id, token) => store.complete(id, token, RESPONSE, HOUR)],
+        ['renew', (id, token) => store.renew(id, token, HOUR)],
+      ];
+      for (const [what, write] of formerOwnerWrites) {
+        it(`an expired record is absent to its former owner too: ${what} returns false and changes nothing`, async () => {
           const id = identity();
           const claim = request(id, { ttlMs: MINUTE });
           won(await store.claim(claim));
           await harness.advance(MINUTE + SECOND);
           expect(await write(id, claim.ownerToken)).toBe(false);
           expect(await store.find(id)).toBeNull();
-        },
-      );
+        });
+      }
 
       it('a live lease keeps an in-flight record alive past its expiry', async () => {
         const id = identity();
@@ -352,6 +375,56 @@ export function describeStoreContract(name: string, setup: () => Promise<StoreHa
         expect(await store.purgeExpired({ batchSize: 1 })).toBe(purged(2)); // unbounded batches
         expect(await store.purgeExpired({ batchSize: 2 })).toBe(0);
         expect(await store.find(live.id)).not.toBeNull();
+      });
+    });
+
+    describe('operator actions', () => {
+      /** Optional for a store: one without them must reject both calls (the base class does). */
+      async function unsupported(): Promise<boolean> {
+        if (store.releaseRecord !== IdempotencyStore.prototype.releaseRecord) return false;
+        const rejects = (call: Promise<unknown>) =>
+          call.then(
+            () => false,
+            () => true,
+          );
+        expect(await rejects(store.releaseRecord(identity()))).toBe(true);
+        expect(await rejects(store.deleteRecord(identity()))).toBe(true);
+        return true;
+      }
+
+      it('releaseRecord frees an in-progress key whatever its owner, whose token is then fenced out', async () => {
+        if (await unsupported()) return;
+        const claim = request(identity());
+        won(await store.claim(claim));
+        expect(await store.releaseRecord(claim.identity)).toBe(true);
+        expect(await store.find(claim.identity)).toBeNull();
+        expect(await store.complete(claim.identity, claim.ownerToken, RESPONSE, HOUR)).toBe(false);
+        won(await store.claim(request(claim.identity, { fingerprint: 'fp-other' })));
+      });
+
+      it('releaseRecord leaves completed, absent and expired records alone', async () => {
+        if (await unsupported()) return;
+        const { id } = await completed(HOUR);
+        expect(await store.releaseRecord(id)).toBe(false);
+        expect((await store.find(id))?.response).toEqual(RESPONSE);
+        expect(await store.releaseRecord(identity())).toBe(false);
+        const abandoned = identity();
+        won(await store.claim(request(abandoned, { ttlMs: MINUTE })));
+        await harness.advance(2 * MINUTE);
+        expect(await store.releaseRecord(abandoned)).toBe(false);
+      });
+
+      it('deleteRecord removes a live record in either state and says which; null when there is none', async () => {
+        if (await unsupported()) return;
+        const { id } = await completed(HOUR);
+        expect(await store.deleteRecord(id)).toBe('completed');
+        expect(await store.find(id)).toBeNull();
+        won(await store.claim(request(id, { fingerprint: 'fp-other' })));
+        expect(await store.deleteRecord(id)).toBe('in_progress');
+        expect(await store.deleteRecord(id)).toBeNull();
+        const old = await completed(MINUTE);
+        await harness.advance(2 * MINUTE);
+        expect(await store.deleteRecord(old.id)).toBeNull();
       });
     });
   });

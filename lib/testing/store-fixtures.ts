@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
-import type { ClaimRequest, ClaimResult, IdempotencyRecord, RecordIdentity, StoredResponse } from '../../lib/index.js';
+import type { IdempotencyRecord, RecordIdentity, StoredResponse } from '../core/record.js';
+import type { ClaimRequest, ClaimResult } from '../storage/idempotency.store.js';
 
 /* Values and helpers shared by the scenarios of the store contract. */
 
