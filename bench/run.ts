@@ -36,7 +36,12 @@ interface Variant {
   keys: (round: number) => KeyPlan;
   /** The bench app whose lease-mode records are in Redis, instead of the PostgreSQL one. */
   redis?: boolean;
+  /** The bench app with events and metrics on (an onEvent listener, OpenTelemetry metrics). */
+  observed?: boolean;
 }
+
+/** The third bench app: the first one's with events and metrics on. */
+let observedBase: string | undefined;
 
 /** The second bench app, on the Redis store, when a Redis server answers. */
 let redisBase: string | undefined;
@@ -67,6 +72,8 @@ async function main(): Promise<void> {
   const server = await startServer(url);
   const redis = await redisServer(url);
   redisBase = redis?.server.url;
+  const observed = await startServer(url, { BENCH_OBSERVABILITY: '1' });
+  observedBase = observed.url;
   try {
     const base = server.url;
     log(`bench app on ${base}; ${quick ? 'quick' : 'full'} run: ${JSON.stringify(settings)}`);
@@ -118,6 +125,10 @@ async function main(): Promise<void> {
     } else {
       log('no Redis server answers (REDIS_URL, or 127.0.0.1:6379): the Redis store variants are NOT measured');
     }
+    variants.push(
+      { name: 'lease: first, events + metrics', path: '/lease/payments', keys: fresh, observed: true },
+      { name: 'transactional: first, events + metrics', path: '/tx/payments', keys: fresh, observed: true },
+    );
     const firsts = variants.slice(0, 3);
     const bursts: Variant[] = [
       {
@@ -172,7 +183,9 @@ async function main(): Promise<void> {
 
     log(`growth: ${settings.records.toLocaleString('en')} live records`);
     await fill(dataSource, settings.records, 'live');
-    const grownVariants = variants.filter((v) => !v.name.includes('INSERT') && !v.name.includes('hot key') && !v.redis);
+    const grownVariants = variants.filter(
+      (v) => !v.name.includes('INSERT') && !v.name.includes('hot key') && !v.redis && !v.observed,
+    );
     const grown = await interleaved(base, grownVariants, Math.max(1, settings.rounds - 1), () => settings.connections);
 
     log(`purge: ${settings.records.toLocaleString('en')} expired records, under moderate load`);
@@ -196,6 +209,7 @@ async function main(): Promise<void> {
     log(`wrote ${written.join(', ')} in ${results.durationSeconds} s`);
   } finally {
     server.child.kill('SIGTERM');
+    observed.child.kill('SIGTERM');
     await redis?.stop();
     await dataSource.destroy();
     await adminQuery(serverUrl, `DROP DATABASE IF EXISTS ${name} WITH (FORCE)`).catch(() => {});
@@ -225,7 +239,7 @@ async function interleaved(
 }
 
 async function run(app: string, variant: Variant, round: number, seconds: number, connections: number, rate?: number) {
-  const base = variant.redis ? redisBase! : app;
+  const base = variant.redis ? redisBase! : variant.observed ? observedBase! : app;
   const keys = variant.keys(round);
   const payments = async () => Number((await db.query('SELECT count(*) AS n FROM payments'))[0].n);
   if (keys.kind === 'burst') await settle(base);
