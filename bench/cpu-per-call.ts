@@ -2,12 +2,10 @@ import 'reflect-metadata';
 import { Module } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
 import { TypeOrmModule } from '@nestjs/typeorm';
-import { randomBytes, randomUUID } from 'node:crypto';
-import pg from 'pg';
+import { randomUUID } from 'node:crypto';
 import { DataSource } from 'typeorm';
 import { IdempotencyModule, IdempotencyService } from '../lib/index.js';
-import { startEmbeddedDatabase } from '../sample-app/embedded-database.js';
-import { sampleMigrations } from '../sample-app/migrations/index.js';
+import { benchDatabase } from './database.js';
 
 /**
  * `npm run build && node dist/bench/cpu-per-call.js`: the process's CPU time per call,
@@ -21,23 +19,11 @@ const ROUNDS = 3;
 const INSERT = "INSERT INTO payments (user_id, amount, currency, status) VALUES ('bench', 1000, 'EUR', 'succeeded')";
 
 async function main(): Promise<void> {
-  const embedded = process.env.DATABASE_URL
-    ? undefined
-    : await startEmbeddedDatabase('.data/bench-postgres', Number(process.env.EMBEDDED_POSTGRES_BENCH_PORT ?? 54331));
-  const server = process.env.DATABASE_URL ?? embedded!.url;
-  const name = 'idem_cpu_' + randomBytes(4).toString('hex');
-  await admin(server, `CREATE DATABASE ${name}`);
-  const url = new URL(server);
-  url.pathname = '/' + name;
+  const database = await benchDatabase('idem_cpu_');
   try {
-    const migrator = new DataSource({ type: 'postgres', url: url.toString(), migrations: sampleMigrations });
-    await migrator.initialize();
-    await migrator.runMigrations();
-    await migrator.destroy();
-
     @Module({
       imports: [
-        TypeOrmModule.forRoot({ type: 'postgres', url: url.toString(), extra: { max: 10 } }),
+        TypeOrmModule.forRoot({ type: 'postgres', url: database.url, extra: { max: 10 } }),
         IdempotencyModule.forRoot({ fingerprintSecret: 'the cpu-per-call bench secret' }),
       ],
     })
@@ -71,18 +57,7 @@ async function main(): Promise<void> {
     }
     await app.close();
   } finally {
-    await admin(server, `DROP DATABASE IF EXISTS ${name} WITH (FORCE)`).catch(() => {});
-    await embedded?.stop();
-  }
-}
-
-async function admin(url: string, sql: string): Promise<void> {
-  const client = new pg.Client({ connectionString: url });
-  await client.connect();
-  try {
-    await client.query(sql);
-  } finally {
-    await client.end();
+    await database.drop();
   }
 }
 

@@ -2,11 +2,9 @@ import 'reflect-metadata';
 import { type ChildProcess, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
-import pg from 'pg';
 import { DataSource } from 'typeorm';
 import { type IdempotencyStore, PostgresIdempotencyStore, RedisIdempotencyStore } from '../lib/index.js';
-import { sampleMigrations } from '../sample-app/migrations/index.js';
-import { startEmbeddedDatabase } from '../sample-app/embedded-database.js';
+import { benchDatabase } from './database.js';
 import { CHARGE, type KeyPlan, type Measurement, measure, settle, stats } from './load.js';
 import { type BenchResults, compare, writeReport } from './report.js';
 
@@ -57,17 +55,10 @@ async function redisKeysUsed(route: string, prefix: string): Promise<number> {
 
 async function main(): Promise<void> {
   const started = Date.now();
-  const { serverUrl, stopDatabase } = await database();
-  const name = 'idem_bench_' + randomBytes(4).toString('hex');
-  await adminQuery(serverUrl, `CREATE DATABASE ${name}`);
-  const url = withDatabase(serverUrl, name);
-  const dataSource = new DataSource({
-    type: 'postgres',
-    url,
-    migrations: sampleMigrations,
-  });
+  const database = await benchDatabase('idem_bench_');
+  const url = database.url;
+  const dataSource = new DataSource({ type: 'postgres', url });
   await dataSource.initialize();
-  await dataSource.runMigrations();
   db = dataSource;
   const server = await startServer(url);
   const redis = await redisServer(url);
@@ -212,8 +203,7 @@ async function main(): Promise<void> {
     observed.child.kill('SIGTERM');
     await redis?.stop();
     await dataSource.destroy();
-    await adminQuery(serverUrl, `DROP DATABASE IF EXISTS ${name} WITH (FORCE)`).catch(() => {});
-    await stopDatabase();
+    await database.drop();
   }
 }
 
@@ -341,32 +331,6 @@ async function machine(dataSource: DataSource): Promise<BenchResults['machine']>
     postgres: version,
     date: new Date().toISOString().slice(0, 10),
   };
-}
-
-async function database(): Promise<{ serverUrl: string; stopDatabase: () => Promise<void> }> {
-  if (process.env.DATABASE_URL) return { serverUrl: process.env.DATABASE_URL, stopDatabase: async () => {} };
-  const embedded = await startEmbeddedDatabase(
-    '.data/bench-postgres',
-    Number(process.env.EMBEDDED_POSTGRES_BENCH_PORT ?? 54331),
-  );
-  log('DATABASE_URL is unset: using an embedded PostgreSQL (.data/bench-postgres)');
-  return { serverUrl: embedded.url, stopDatabase: () => embedded.stop() };
-}
-
-function withDatabase(serverUrl: string, name: string): string {
-  const url = new URL(serverUrl);
-  url.pathname = '/' + name;
-  return url.toString();
-}
-
-async function adminQuery(serverUrl: string, sql: string): Promise<void> {
-  const client = new pg.Client({ connectionString: serverUrl });
-  await client.connect();
-  try {
-    await client.query(sql);
-  } finally {
-    await client.end();
-  }
 }
 
 async function startServer(
