@@ -316,10 +316,11 @@ export class PostgresIdempotencyStore extends IdempotencyStore {
         await this.pool.query(sql);
       } catch (error) {
         if ((error as { code?: string }).code === '42P01') {
-          throw new Error(
-            `IdempotencyModule: table "${table}" does not exist. Add the exported idempotencyMigrations ` +
-              'to your DataSource "migrations" and run them (see the README).',
-          );
+          const fix = this.dataSource
+            ? 'Add the exported idempotencyMigrations to your DataSource "migrations" and run them'
+            : 'Run "npx nestjs-idempotency-postgres migrate", or apply the package\'s sql/idempotency.sql ' +
+              'with your migration tool';
+          throw new Error(`IdempotencyModule: table "${table}" does not exist. ${fix} (see the README).`);
         }
         throw error;
       }

@@ -265,6 +265,14 @@ describe('IdempotencyModule wiring', () => {
         IdempotencyModule.forRoot(),
       ]);
       expect(message).toMatch(/idempotency_keys" does not exist.*idempotencyMigrations/);
+      const pool = new pg.Pool({ connectionString: bare.url, max: 1 });
+      try {
+        expect(await bootError([IdempotencyModule.forRoot({ pool })])).toMatch(
+          /idempotency_keys" does not exist\. Run "npx nestjs-idempotency-postgres migrate"/,
+        );
+      } finally {
+        await pool.end();
+      }
     } finally {
       await bare.drop();
     }
