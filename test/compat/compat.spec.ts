@@ -135,15 +135,23 @@ describe('compatibility matrix', () => {
     if (packDir) rmSync(packDir, { recursive: true, force: true });
   });
 
-  it('packs only the package build, README, LICENSE, CHANGELOG and package.json', () => {
+  it('packs only the package build, the schema as SQL, README, LICENSE, CHANGELOG and package.json', () => {
     const allowed = [
       /^(package\.json|README\.md|LICENSE|CHANGELOG\.md)$/,
+      /^sql\/idempotency\.sql$/,
       /^dist\/cjs\/package\.json$/,
       /^dist\/(esm|cjs)\/(lib|migrations)\/.+\.(js|d\.ts)$/,
     ];
     expect(packedFiles.filter((path) => !allowed.some((pattern) => pattern.test(path)))).toEqual([]);
     expect(packedFiles).toEqual(
-      expect.arrayContaining(['package.json', 'README.md', 'LICENSE', 'CHANGELOG.md', 'dist/cjs/package.json']),
+      expect.arrayContaining([
+        'package.json',
+        'README.md',
+        'LICENSE',
+        'CHANGELOG.md',
+        'dist/cjs/package.json',
+        'sql/idempotency.sql',
+      ]),
     );
     // Both builds are complete, with a declaration beside every module.
     const built = (format: string) =>
