@@ -224,6 +224,16 @@ describe('compatibility matrix', () => {
           dir,
         );
         expect(help.stdout).toContain('Usage: nestjs-idempotency-postgres <command>');
+        // The schema as SQL is in the installed package, and is what the installed bin prints.
+        const printed = await mustRun(
+          `${name}: migrate --print`,
+          'npx',
+          ['--no-install', 'nestjs-idempotency-postgres', 'migrate', '--print'],
+          dir,
+        );
+        expect(printed.stdout).toBe(
+          readFileSync(join(dir, 'node_modules/nestjs-idempotency-postgres/sql/idempotency.sql'), 'utf8'),
+        );
 
         await mustRun(`${name}: its test suite`, 'npm', ['test'], dir, { DATABASE_URL: databaseUrl });
       },
