@@ -34,6 +34,7 @@ export async function migrate({ db }: CommandContext): Promise<CommandResult> {
           ];
     return { text: lines.join('\n'), json: { status, created, updated }, status: 0 };
   } finally {
-    await db.query('SELECT pg_advisory_unlock($1::bigint)', [SCHEMA_LOCK_KEY]);
+    // A failure here must not hide the error above; the lock ends with the session anyway.
+    await db.query('SELECT pg_advisory_unlock($1::bigint)', [SCHEMA_LOCK_KEY]).catch(() => undefined);
   }
 }
