@@ -128,12 +128,14 @@ describe('command-line tool: migrate', () => {
   it('fails with status 1 and leaves nothing behind when the role may not create tables', async () => {
     const db = await database();
     const role = 'idem_migrate_' + randomBytes(6).toString('hex');
-    await admin(`CREATE ROLE ${role} LOGIN NOSUPERUSER`);
+    // A password, for servers that ask for one (the embedded PostgreSQL); trust ignores it.
+    await admin(`CREATE ROLE ${role} LOGIN NOSUPERUSER PASSWORD '${role}'`);
     try {
       // Since PostgreSQL 15 only the owner may create in schema public; before, everyone.
       await db.pool.query('REVOKE CREATE ON SCHEMA public FROM PUBLIC');
       const url = new URL(db.url);
       url.username = role;
+      url.password = role;
       const refused = await cli(['migrate'], { DATABASE_URL: url.toString() });
       expect(refused.status).toBe(1);
       expect(refused.stderr).toMatch(/^error: .*permission denied for schema public/);

@@ -11,15 +11,18 @@ export interface AppRole {
 /**
  * A role as an application gets one in production: LOGIN, rows of the existing tables
  * and their sequences, and nothing else (no superuser, no ownership, so no
- * `session_replication_role`). Trust authentication lets it log in without a password.
+ * `session_replication_role`). It has a password, for servers that ask for one (the
+ * embedded PostgreSQL of a run without DATABASE_URL); trust authentication ignores it.
  */
 export async function createAppRole(db: TestDatabase): Promise<AppRole> {
   const name = 'idem_app_' + randomBytes(6).toString('hex');
-  await admin(`CREATE ROLE ${name} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE`);
+  const password = randomBytes(12).toString('hex');
+  await admin(`CREATE ROLE ${name} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD '${password}'`);
   await db.pool.query(`GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO ${name}`);
   await db.pool.query(`GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO ${name}`);
   const url = new URL(db.url);
   url.username = name;
+  url.password = password;
   return {
     name,
     url: url.toString(),

@@ -24,6 +24,8 @@ FROM tables t WHERE t.oid IS NOT NULL
 UNION ALL
 SELECT 'constraint ' || c.conname, pg_get_constraintdef(c.oid)
 FROM pg_constraint c JOIN tables t ON c.conrelid = t.oid
+-- PostgreSQL 18 lists each NOT NULL as a constraint too: the columns above carry them already.
+WHERE c.contype <> 'n'
 UNION ALL
 SELECT 'index ' || i.indexrelid::regclass::text, pg_get_indexdef(i.indexrelid)
 FROM pg_index i JOIN tables t ON i.indrelid = t.oid
