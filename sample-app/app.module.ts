@@ -1,6 +1,7 @@
 import { type DynamicModule, Module } from '@nestjs/common';
 import { APP_FILTER } from '@nestjs/core';
 import { TypeOrmModule } from '@nestjs/typeorm';
+import type { Pool } from 'pg';
 import { IdempotencyModule } from '../lib/index.js';
 import { callerOf } from './caller.guard.js';
 import { SAMPLE_CONFIG, type SampleConfig } from './config.js';
@@ -11,12 +12,20 @@ import { sampleMigrations } from './migrations/index.js';
 import { PaymentIntentsController } from './payment-intents.controller.js';
 import { Payment } from './payments/payment.entity.js';
 import { PaymentsController } from './payments/payments.controller.js';
+import { EntityManagerPaymentWriter, PaymentWriter, PoolClientPaymentWriter } from './payments/payment-writer.js';
 import { ProblemFilter } from './problem.filter.js';
 
 @Module({})
 export class AppModule {
-  /** `brokerModules`: the optional features that `loadBrokerFeatures()` loaded (see brokers.ts). */
-  static forRoot(config: SampleConfig, brokerModules: DynamicModule[] = []): DynamicModule {
+  /**
+   * `brokerModules`: the optional features that `loadBrokerFeatures()` loaded (see brokers.ts).
+   * `idempotencyPool`: with `IDEMPOTENCY_STORE=pool`, the pg Pool the library runs on (see
+   * idempotency-pool.ts); the caller ends it after the app has closed.
+   */
+  static forRoot(config: SampleConfig, brokerModules: DynamicModule[] = [], idempotencyPool?: Pool): DynamicModule {
+    if ((config.idempotencyStore === 'pool') !== (idempotencyPool !== undefined)) {
+      throw new Error('AppModule: give an idempotency pool with IDEMPOTENCY_STORE=pool, and only then');
+    }
     return {
       module: AppModule,
       imports: [
@@ -50,6 +59,9 @@ export class AppModule {
               transactionalRoutes: 'postgres',
             },
           }),
+          // The records stay in idempotency_keys (created by the migrations above), reached
+          // through this pool rather than the DataSource; there is no EntityManager then.
+          ...(idempotencyPool && { pool: idempotencyPool }),
         }),
         ...brokerModules,
       ],
@@ -57,6 +69,11 @@ export class AppModule {
       providers: [
         { provide: SAMPLE_CONFIG, useValue: config },
         { provide: APP_FILTER, useClass: ProblemFilter },
+        // The one place that knows which store runs: the controller only asks for a writer.
+        {
+          provide: PaymentWriter,
+          useClass: idempotencyPool ? PoolClientPaymentWriter : EntityManagerPaymentWriter,
+        },
       ],
     };
   }

@@ -18,11 +18,16 @@ export interface SampleConfig {
   settlements?: SettlementsConfig;
   /**
    * `IDEMPOTENCY_STORE`: where idempotency records live. `postgres` (the default): all in
-   * `idempotency_keys`. `redis` (needs REDIS_URL): lease-mode routes in Redis, under the
-   * key prefix `<BULLMQ_PREFIX>:idempotency:`; transactional routes stay in PostgreSQL,
-   * where their writes commit with their records.
+   * `idempotency_keys`, through TypeORM's DataSource. `redis` (needs REDIS_URL): lease-mode
+   * routes in Redis, under the key prefix `<BULLMQ_PREFIX>:idempotency:`; transactional
+   * routes stay in PostgreSQL, where their writes commit with their records. `pool`: all in
+   * `idempotency_keys` too, but the library runs on a node-postgres Pool of its own (the
+   * module option `pool`), not on the DataSource, and POST /payments writes its row with SQL
+   * through the transaction's client. TypeORM still runs the migrations and the lease-mode
+   * routes. The broker features write through TypeORM's EntityManager, which a pool store
+   * does not hand out: `pool` refuses to start with RABBITMQ_URL or REDIS_URL set.
    */
-  idempotencyStore: 'postgres' | 'redis';
+  idempotencyStore: IdempotencyStoreKind;
 }
 
 export interface MessagingConfig {
@@ -71,13 +76,29 @@ export function configFromEnv(databaseUrl: string): SampleConfig {
   };
 }
 
-/** `IDEMPOTENCY_STORE`: `postgres` (default) or `redis`, which needs REDIS_URL. */
-export function idempotencyStoreFromEnv(): SampleConfig['idempotencyStore'] {
+export type IdempotencyStoreKind = 'postgres' | 'redis' | 'pool';
+
+/**
+ * `IDEMPOTENCY_STORE`: `postgres` (default), `redis`, which needs REDIS_URL, or `pool`,
+ * which runs without the broker features (see `SampleConfig.idempotencyStore`).
+ */
+export function idempotencyStoreFromEnv(): IdempotencyStoreKind {
   const store = process.env.IDEMPOTENCY_STORE || 'postgres';
-  if (store !== 'postgres' && store !== 'redis') {
-    throw new Error(`IDEMPOTENCY_STORE must be "postgres" or "redis", got "${store}"`);
+  if (store !== 'postgres' && store !== 'redis' && store !== 'pool') {
+    throw new Error(`IDEMPOTENCY_STORE must be "postgres", "redis" or "pool", got "${store}"`);
   }
   if (store === 'redis' && !process.env.REDIS_URL) throw new Error('IDEMPOTENCY_STORE=redis needs REDIS_URL');
+  if (store === 'pool') {
+    const brokers = ['RABBITMQ_URL', 'REDIS_URL'].filter((name) => process.env[name]);
+    // Their handlers (outbox, receipts, settlements) write through IdempotentTransaction.manager,
+    // which a store on a pg Pool does not have: they would fail on their first message or job.
+    if (brokers.length) {
+      throw new Error(
+        `IDEMPOTENCY_STORE=pool runs without the broker features, which write through TypeORM's ` +
+          `EntityManager: unset ${brokers.join(' and ')}, or use IDEMPOTENCY_STORE=postgres`,
+      );
+    }
+  }
   return store;
 }
 

@@ -1,12 +1,11 @@
-import { Body, Controller, HttpException, Inject, Optional, Post, UseGuards } from '@nestjs/common';
+import { Body, Controller, HttpException, Inject, Post, UseGuards } from '@nestjs/common';
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { EntityManager } from 'typeorm';
-import { Idempotent, IdempotentManager } from '../../lib/index.js';
+import { Idempotent } from '../../lib/index.js';
 import { CallerGuard, CallerId } from '../caller.guard.js';
 import { SAMPLE_CONFIG, type SampleConfig } from '../config.js';
-import { PaymentEvents } from '../payment-events/payment-events.js';
 import { type CreatePayment, CreatePaymentPipe } from './create-payment.pipe.js';
-import { Payment, paymentView } from './payment.entity.js';
+import { paymentView } from './payment.entity.js';
+import { PaymentWriter } from './payment-writer.js';
 
 /** Test cards, as payment providers document them. */
 export const DECLINED_CARD = '4000000000000002';
@@ -17,8 +16,8 @@ export const PROVIDER_ERROR_CARD = '4000000000000119';
 export class PaymentsController {
   constructor(
     @Inject(SAMPLE_CONFIG) private readonly config: SampleConfig,
-    /** Present when RABBITMQ_URL is set. */
-    @Optional() private readonly events?: PaymentEvents,
+    /** Writes in the request's transaction, through TypeORM or the pool's client (see AppModule). */
+    private readonly payments: PaymentWriter,
   ) {}
 
   /**
@@ -29,11 +28,7 @@ export class PaymentsController {
    */
   @Post()
   @Idempotent({ concurrency: 'wait', transactional: true })
-  async create(
-    @CallerId() userId: string,
-    @Body(CreatePaymentPipe) body: CreatePayment,
-    @IdempotentManager() manager: EntityManager,
-  ) {
+  async create(@CallerId() userId: string, @Body(CreatePaymentPipe) body: CreatePayment) {
     if (body.card === DECLINED_CARD) {
       await this.callProvider();
       // A 4xx is the operation's final answer: stored and replayed to retries.
@@ -60,18 +55,12 @@ export class PaymentsController {
         503,
       );
     }
-    const payments = manager.getRepository(Payment);
-    const payment = await payments.save(
-      payments.create({
-        userId,
-        amount: body.amount,
-        currency: body.currency,
-        cardLast4: body.card ? body.card.slice(-4) : null,
-        status: 'succeeded',
-      }),
-    );
-    // In the same transaction: the event exists if and only if the payment does.
-    await this.events?.succeeded(manager, payment);
+    const payment = await this.payments.create({
+      userId,
+      amount: body.amount,
+      currency: body.currency,
+      cardLast4: body.card ? body.card.slice(-4) : null,
+    });
     await this.callProvider();
     return paymentView(payment);
   }

@@ -109,7 +109,7 @@ describeRedis('sample app on the Redis store (IDEMPOTENCY_STORE=redis)', () => {
       /IDEMPOTENCY_STORE=redis needs REDIS_URL/,
     );
     await expect(startSampleApp({ ...env(), IDEMPOTENCY_STORE: 'mongo' })).rejects.toThrow(
-      /IDEMPOTENCY_STORE must be "postgres" or "redis"/,
+      /IDEMPOTENCY_STORE must be "postgres", "redis" or "pool"/,
     );
   });
 });

@@ -1,4 +1,4 @@
-import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from '@jest/globals';
 import { randomUUID } from 'node:crypto';
 import { createTestDatabase, type TestDatabase } from '../support/database.js';
 import { type HttpResult, post, send } from '../support/http.js';
@@ -13,8 +13,13 @@ function expectProblem(response: HttpResult, status: number): void {
   expect(response.json).toMatchObject({ status, title: expect.any(String), type: expect.any(String) });
 }
 
-/** The sample app's HTTP contract, on a real process started on an empty database. */
-describe('sample app contract', () => {
+/**
+ * The sample app's HTTP contract, on a real process started on an empty database: once on
+ * the default store (the library on TypeORM's DataSource), once with IDEMPOTENCY_STORE=pool
+ * (the library on a pg Pool of its own, POST /payments writing through the transaction's
+ * client). Same routes, bodies, status codes and rows.
+ */
+describe.each(['postgres', 'pool'])('sample app contract (IDEMPOTENCY_STORE=%s)', (store) => {
   let db: TestDatabase;
   let app: SampleProcess;
   let base: string;
@@ -27,7 +32,11 @@ describe('sample app contract', () => {
 
   beforeAll(async () => {
     db = await createTestDatabase({ migrate: false });
-    app = await startSampleApp({ DATABASE_URL: db.url, PROVIDER_LATENCY_MS: String(LATENCY_MS) });
+    app = await startSampleApp({
+      DATABASE_URL: db.url,
+      PROVIDER_LATENCY_MS: String(LATENCY_MS),
+      IDEMPOTENCY_STORE: store,
+    });
     base = app.url;
   });
 
@@ -189,5 +198,105 @@ describe('sample app contract', () => {
     expect(otherDevice.text).toBe(first.text);
     expect(await count('payments', caller)).toBe(1);
     expectProblem(await post(base, '/payment-intents', {}), 401);
+  });
+});
+
+/**
+ * What IDEMPOTENCY_STORE=pool adds to the contract above: the payment row, written through
+ * the transaction's client, and the idempotency record commit together (a crash leaves
+ * neither, and a retry on a fresh process charges once); the broker features are refused;
+ * SIGTERM closes the app and ends the pool.
+ */
+describe('sample app on a pg Pool (IDEMPOTENCY_STORE=pool)', () => {
+  let db: TestDatabase;
+  const apps: SampleProcess[] = [];
+  const body = { amount: 2500, currency: 'EUR' };
+  const start = async (env: Record<string, string> = {}) => {
+    const app = await startSampleApp({ DATABASE_URL: db.url, IDEMPOTENCY_STORE: 'pool', ...env });
+    apps.push(app);
+    return app;
+  };
+  const count = async (user: string) =>
+    (await db.pool.query('SELECT count(*)::int AS n FROM payments WHERE user_id = $1', [user])).rows[0].n as number;
+  const records = async (key: string) =>
+    (await db.pool.query('SELECT * FROM idempotency_keys WHERE idempotency_key = $1', [key])).rows;
+  /** The backends whose open transaction has written to `table` (rows not yet committed). */
+  const writers = async (table: string): Promise<number[]> => {
+    const { rows } = await db.pool.query(
+      `SELECT l.pid FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
+       WHERE c.relname = $1 AND l.mode = 'RowExclusiveLock' AND l.database =
+         (SELECT oid FROM pg_database WHERE datname = current_database())`,
+      [table],
+    );
+    return rows.map((row) => row.pid as number);
+  };
+  const user = () => 'pool-' + randomUUID().slice(0, 8);
+
+  beforeAll(async () => {
+    db = await createTestDatabase();
+  });
+  afterEach(async () => {
+    for (const app of apps.splice(0)) await app.kill('SIGKILL');
+  });
+  afterAll(async () => {
+    await db?.drop();
+  });
+
+  it('kill -9 mid-payment leaves neither the payment nor its record; the retry on a fresh process charges once', async () => {
+    const victim = await start({ PROVIDER_LATENCY_MS: '20000' });
+    const caller = user();
+    const key = randomUUID();
+    const doomed = post(victim.url, '/payments', { key, user: caller, body }).catch(() => 'connection lost');
+    await waitFor(async () => (await writers('payments')).length > 0, 'the payment row to be written');
+    // One backend, one transaction: the row written through the handler's client and the
+    // claimed record are uncommitted in the same transaction.
+    const [writer] = await writers('payments');
+    expect(await writers('idempotency_keys')).toEqual([writer]);
+    expect(await count(caller)).toBe(0);
+    victim.child.kill('SIGKILL');
+    expect(await doomed).toBe('connection lost');
+
+    // The database rolls the dead backend's transaction back once it notices the closed socket.
+    await waitFor(async () => (await writers('payments')).length === 0, 'the dead transaction to be rolled back');
+    expect(await count(caller)).toBe(0);
+    expect(await records(key)).toHaveLength(0);
+
+    const fresh = await start();
+    const retry = await post(fresh.url, '/payments', { key, user: caller, body });
+    expect(retry.status).toBe(201);
+    expect(retry.headers.get('idempotent-replayed')).toBeNull();
+    expect(await count(caller)).toBe(1);
+    expect(await records(key)).toMatchObject([{ status: 'completed', response: { body: retry.text } }]);
+    const row = (await db.pool.query('SELECT * FROM payments WHERE id = $1', [retry.json.id])).rows[0];
+    expect(row).toMatchObject({
+      user_id: caller,
+      amount: '2500',
+      currency: 'EUR',
+      card_last4: null,
+      status: 'succeeded',
+    });
+    expect(new Date(row.created_at as Date).toISOString()).toBe(retry.json.createdAt);
+    const replay = await post(fresh.url, '/payments', { key, user: caller, body });
+    expect(replay.text).toBe(retry.text);
+    expect(replay.headers.get('idempotent-replayed')).toBe('true');
+    expect(await count(caller)).toBe(1);
+  });
+
+  it('refuses to start with the broker features, whose handlers write through the EntityManager', async () => {
+    const brokers: Array<Record<string, string>> = [
+      { RABBITMQ_URL: 'amqp://127.0.0.1:1' },
+      { REDIS_URL: 'redis://127.0.0.1:1' },
+    ];
+    for (const env of brokers) {
+      await expect(start(env)).rejects.toThrow(/IDEMPOTENCY_STORE=pool runs without the broker features/);
+    }
+  });
+
+  it('closes the app and ends its pool on SIGTERM (exit status 0)', async () => {
+    const app = await start();
+    const caller = user();
+    expect((await post(app.url, '/payments', { key: randomUUID(), user: caller, body })).status).toBe(201);
+    await app.kill('SIGTERM');
+    expect({ code: app.child.exitCode, signal: app.child.signalCode }).toEqual({ code: 0, signal: null });
   });
 });
