@@ -68,7 +68,10 @@ export class HandlerClient {
         if (property === 'release') return release;
         if (property === 'end') return end;
         const value = Reflect.get(target, property, target) as unknown;
-        return typeof value === 'function' ? (value as (...args: unknown[]) => unknown).bind(target) : value;
+        // Methods run on the client itself (its private fields); the class stays what it is, for `instanceof`-like checks.
+        return typeof value === 'function' && property !== 'constructor'
+          ? (value as (...args: unknown[]) => unknown).bind(target)
+          : value;
       },
     });
   }
