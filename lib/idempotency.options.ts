@@ -136,18 +136,20 @@ export interface IdempotentRouteOptions {
 /** Module options: defaults for every route, plus what only the module decides. */
 export interface IdempotencyModuleOptions extends IdempotentRouteOptions {
   /**
-   * Called with every outcome of every idempotent call (claimed, executed, completed,
-   * released, replayed, conflict, key-reused, store-error), with its scope, method, route,
-   * mode and timings; never a key, a body or a header. Synchronous, on the request's path:
-   * keep it cheap. A listener that throws is logged and ignored.
+   * Called with every outcome of every idempotent call (claimed, lease-taken-over,
+   * executed, completed, released, waited, replayed, conflict, key-reused, store-error:
+   * see `IdempotencyEventType`), with its scope, method, route, mode and timings; never a
+   * key, a body or a header. Synchronous, on the request's path: keep it cheap. A listener
+   * that throws is logged and ignored. Without it (and without `metrics`), no event is built.
    * @default none
    */
   onEvent?: IdempotencyEventListener;
   /**
    * Record OpenTelemetry metrics through `@opentelemetry/api` (an optional peer; the
    * application registers the SDK and its exporter): the counter `idempotency.outcomes`
-   * and the histograms `idempotency.claim.duration` and `idempotency.wait.duration` (ms),
-   * by outcome, method, route and mode.
+   * (every event type, counted in the process and reported when the reader collects) and
+   * the histograms `idempotency.claim.duration` (from `claimed`) and
+   * `idempotency.wait.duration` (from `waited`), in ms, by outcome, method, route and mode.
    * @default false
    */
   metrics?: boolean;

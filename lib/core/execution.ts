@@ -27,6 +27,8 @@ export class Execution {
     claimedAt: number,
     /** Transactional mode: the transaction the claim, the handler and the completion share. */
     readonly transaction?: StoreTransaction,
+    /** The claim took the key over from an owner whose lease had lapsed (see `ClaimResult`). */
+    readonly takenOver = false,
   ) {
     this.leaseHeldUntil = claimedAt + options.leaseMs;
   }

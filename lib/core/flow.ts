@@ -7,7 +7,8 @@ import {
   RequestInProgressError,
 } from '../errors.js';
 import type { ResolvedRouteOptions } from '../idempotency.options.js';
-import type { ClaimRequest, IdempotencyStore, StoreTransaction } from '../storage/idempotency.store.js';
+import { performance } from 'node:perf_hooks';
+import type { ClaimRequest, ClaimResult, IdempotencyStore, StoreTransaction } from '../storage/idempotency.store.js';
 import { Execution, type Outcome } from './execution.js';
 import {
   decideClaim,
@@ -29,6 +30,13 @@ export interface Attempt {
   /** When the attempt stops waiting for a pooled connection. */
   acquireBy: number;
   leave: () => void;
+  /** Set by whatever makes the call wait for another call that holds its key (the `waited` event). */
+  waiting: Waiting;
+}
+
+/** When (`performance.now()`) a call began waiting for another call that held its key; unset if it has not. */
+export interface Waiting {
+  since?: number;
 }
 
 /**
@@ -74,6 +82,7 @@ export class Flow {
     if (decision === 'replay') return { kind: 'replay', response: this.open(observed.record) };
     const remaining = attempt.waitUntil - Date.now();
     if (remaining <= 0) throw new RequestInProgressError(attempt.options.retryAfterSeconds);
+    attempt.waiting.since ??= performance.now();
     await this.store.waitForChange(attempt.identity, Math.min(remaining, backoff(round)), attempt.waitUntil);
     return undefined;
   }
@@ -94,11 +103,21 @@ export class Flow {
   executionOf(
     { identity, options, leave }: Attempt,
     request: ClaimRequest,
-    record: IdempotencyRecord,
+    { record, takenOver }: Extract<ClaimResult, { claimed: true }>,
     claimedAt: number,
     transaction?: StoreTransaction,
   ): Execution {
-    return new Execution(identity, request.ownerToken, record.fingerprint, options, leave, claimedAt, transaction);
+    const { ownerToken } = request;
+    return new Execution(
+      identity,
+      ownerToken,
+      record.fingerprint,
+      options,
+      leave,
+      claimedAt,
+      transaction,
+      takenOver === true,
+    );
   }
 
   /** The stored response of a completed record; 503 when it cannot be decrypted (a key missing from the options). */

@@ -1,5 +1,6 @@
 import { Inject, Injectable, Logger, type OnApplicationShutdown, type OnModuleInit } from '@nestjs/common';
 import { createHash } from 'node:crypto';
+import { performance } from 'node:perf_hooks';
 import type { PoolClient } from 'pg';
 import type { EntityManager } from 'typeorm';
 import { describeError } from '../errors.js';
@@ -9,7 +10,7 @@ import { validateModuleOptions } from '../options-resolution.js';
 import { IdempotencyStore, type PurgeOptions } from '../storage/idempotency.store.js';
 import type { Execution, Outcome } from './execution.js';
 import { Fingerprinter, type FingerprintParts } from './fingerprint.js';
-import { type Attempt, type ExecutionMode, Flow, where } from './flow.js';
+import { type Attempt, type ExecutionMode, Flow, type Waiting, where } from './flow.js';
 import { currentClient, currentManager, NO_ENTITY_MANAGER } from './idempotent-transaction.js';
 import { KeyQueue } from './key-queue.js';
 import { LeaseMode } from './lease.mode.js';
@@ -160,26 +161,34 @@ export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
    * 'wait'`), or finds it completed. Throws 409, 422 or 503 problems.
    */
   begin(options: ResolvedRouteOptions, identity: RecordIdentity, parts: FingerprintParts): Promise<Outcome> {
-    return this.events.observeDecision(
-      options,
-      () => storedIdentity(identity),
-      () => this.decide(options, identity, parts),
-    );
+    const stored = { ...identity, scope: storedScope(identity.scope) };
+    const waiting: Waiting = {};
+    if (!this.events.listening) return this.decide(options, stored, parts, waiting);
+    return this.events.observeDecision(options, stored, waiting, () => this.decide(options, stored, parts, waiting));
   }
 
+  /** `identity` with its scope as stored; `waiting` is set if the call waits for another. */
   private async decide(
     options: ResolvedRouteOptions,
     identity: RecordIdentity,
     parts: FingerprintParts,
+    waitingFor: Waiting,
   ): Promise<Outcome> {
     if (!this.fingerprinter) await this.ready();
-    identity = { ...identity, scope: storedScope(identity.scope) };
     const fingerprints = this.fingerprinter!.of(parts);
     const now = Date.now();
     const waiting = options.concurrency === 'wait';
     const waitUntil = now + (waiting ? options.waitTimeoutMs : 0);
     const acquireBy = now + options.waitTimeoutMs;
-    const attempt: Attempt = { identity, fingerprints, options, waitUntil, acquireBy, leave: () => {} };
+    const attempt: Attempt = {
+      identity,
+      fingerprints,
+      options,
+      waitUntil,
+      acquireBy,
+      leave: () => {},
+      waiting: waitingFor,
+    };
     const mode = this.modeOf(options);
     const queueKey = waiting ? JSON.stringify(identity) : '';
     // Replays (and 422s) first, before the per-key queue: a completed record needs no turn,
@@ -190,6 +199,8 @@ export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
       if (answered) return answered;
     }
     if (!waiting) return mode.begin(attempt);
+    // Another call for the key is ahead in this process's queue: it holds the key, or will.
+    if (this.queue.busy(queueKey)) waitingFor.since = performance.now();
     const { leave, waited } = await this.queue.enter(queueKey, waitUntil, options.retryAfterSeconds);
     attempt.leave = leave;
     try {
@@ -373,8 +384,4 @@ export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
 export function storedScope(scope: string): string {
   if (Buffer.byteLength(scope, 'utf8') <= MAX_STORED_SCOPE_BYTES && !scope.startsWith(HASHED_SCOPE)) return scope;
   return HASHED_SCOPE + createHash('sha256').update(scope, 'utf8').digest('hex');
-}
-
-function storedIdentity(identity: RecordIdentity): RecordIdentity {
-  return { ...identity, scope: storedScope(identity.scope) };
 }

@@ -31,7 +31,7 @@ export class LeaseMode implements ExecutionMode {
       const claimedAt = performance.now();
       const claim = await flow.storeCall(() => flow.store.claim(request));
       if (claim.claimed) {
-        const execution = flow.executionOf(attempt, request, claim.record, claimedAt);
+        const execution = flow.executionOf(attempt, request, claim, claimedAt);
         execution.startHeartbeat(() => this.renew(execution));
         return { kind: 'execute', execution };
       }

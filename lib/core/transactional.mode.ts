@@ -34,13 +34,17 @@ export class TransactionalMode implements ExecutionMode {
         if (claim.claimed) {
           return {
             kind: 'execute',
-            execution: flow.executionOf(attempt, request, claim.record, claimedAt, transaction),
+            execution: flow.executionOf(attempt, request, claim, claimedAt, transaction),
           };
         }
         observed = claim.observed;
+        // Its look-up found no completed record: the claim waited on the other call's
+        // uncommitted claim until that call committed (or it completed in between).
+        if (observed.record.status === 'completed') this.waitedSince(attempt, claimedAt);
       } catch (error) {
         await transaction.rollback();
         if ((error as { code?: string }).code === LOCK_TIMEOUT) {
+          this.waitedSince(attempt, claimedAt);
           throw new RequestInProgressError(attempt.options.retryAfterSeconds);
         }
         throw flow.unavailable(error);
@@ -50,6 +54,14 @@ export class TransactionalMode implements ExecutionMode {
       const answer = await flow.answerOrWait(observed, attempt, round);
       if (answer) return answer;
     }
+  }
+
+  /**
+   * A claim that waited in PostgreSQL on another call's uncommitted claim of the key: only
+   * `'wait'` calls do (a `'reject'` claim's lock wait is bounded to a millisecond).
+   */
+  private waitedSince(attempt: Attempt, claimedAt: number): void {
+    if (attempt.options.concurrency === 'wait') attempt.waiting.since ??= claimedAt;
   }
 
   /** The handler runs with the transaction in context (`IdempotentTransaction`, `@IdempotentManager()`). */

@@ -7,21 +7,41 @@ import {
   RequestInProgressError,
 } from '../errors.js';
 import { openTelemetrySink } from './metrics.js';
+import type { Outcome } from '../core/execution.js';
+import type { Waiting } from '../core/flow.js';
 import type { RecordIdentity } from '../core/record.js';
 
 /** What happened to one call of an idempotent route or operation. */
 export type IdempotencyEventType =
   /** The call won the key: its handler runs. `durationMs`: from the call to the claim (waiting included). */
   | 'claimed'
+  /**
+   * The claim that just won the key (right after its `claimed`) took it over from an owner
+   * whose lease had lapsed: that owner crashed or stalled, and the handler runs again for
+   * the same request, after a run that may have done part of its work. Never for a new key,
+   * nor for a key whose record had expired.
+   */
+  | 'lease-taken-over'
   /** The handler returned or threw. `durationMs`: how long it ran. */
   | 'executed'
   /** The result (or a stored error) was stored under the key. */
   | 'completed'
   /** The key was released: the handler failed with an error that is not stored, or the result could not be. */
   | 'released'
+  /**
+   * A `concurrency: 'wait'` call found its key held by another call in progress and waited
+   * for it; once per call, when the wait ends, just before what ended it: `replayed` (the
+   * other call completed), `conflict` (`waitTimeoutMs` ran out) or `claimed` (the other call
+   * released the key), or a `key-reused` or `store-error` found after the wait.
+   * `durationMs`: from the moment it found the key held to that end. Not emitted for calls
+   * that found the key free or completed, nor for `'reject'` calls; in transactional mode,
+   * not for a wait inside PostgreSQL that ends with the other call rolling back (the call
+   * then simply claims).
+   */
+  | 'waited'
   /** The call got the stored result instead of running. `durationMs`: from the call to the answer (waiting included). */
   | 'replayed'
-  /** Another call holds the key (409 / RequestInProgressError). `durationMs`: how long it waited first. */
+  /** Another call holds the key (409 / RequestInProgressError). `durationMs`: from the call to the answer (waiting included). */
   | 'conflict'
   /** The key was used with another payload (422 / IdempotencyKeyReuseError). */
   | 'key-reused'
@@ -60,37 +80,50 @@ export interface EventSink {
 }
 
 /**
- * @internal The flow's one-line hook: builds the event only when someone listens, and
- * keeps a listener that throws from breaking the request.
+ * @internal The flow's hook. Without a listener (`listening` false) the flow skips it
+ * altogether: no timing, no wrapped promise, no event. A listener that throws never breaks
+ * the request.
  */
 export class IdempotencyEvents {
   private readonly logger = new NestLogger('Idempotency');
-  private sinks: EventSink[] = [];
+  private readonly sinks: EventSink[] = [];
+  /** Whether any sink is registered; read on every call of the flow, so a field, not a getter. */
+  listening = false;
 
   constructor(listener?: IdempotencyEventListener) {
-    if (listener) this.sinks.push({ record: listener });
+    if (listener) this.add({ record: listener });
   }
 
   /** With `metrics: true`: OpenTelemetry through @opentelemetry/api, if it is installed. */
   async addOpenTelemetry(logger: NestLogger): Promise<void> {
     const sink = await openTelemetrySink();
-    if (sink) this.sinks.push(sink);
+    if (sink) this.add(sink);
     else logger.warn('metrics: true, but @opentelemetry/api is not installed: no metrics are recorded.');
   }
 
-  /** Times a decision (claim, wait, replay) and reports its outcome, or the problem it threw. */
-  async observeDecision<T extends { kind: 'replay' | 'execute' }>(
+  /**
+   * Times a decision (claim, wait, replay) and reports its outcome, or the problem it threw,
+   * preceded by `waited` when the call waited for another (see `Waiting`). Only when listening.
+   */
+  async observeDecision(
     options: { transactional: boolean },
-    identity: () => RecordIdentity,
-    decide: () => Promise<T>,
-  ): Promise<T> {
-    if (this.sinks.length === 0) return decide();
+    identity: RecordIdentity,
+    waiting: Waiting,
+    decide: () => Promise<Outcome>,
+  ): Promise<Outcome> {
     const since = performance.now();
     try {
       const outcome = await decide();
-      this.emit(outcome.kind === 'replay' ? 'replayed' : 'claimed', identity(), options, since);
+      this.reportWait(identity, options, waiting);
+      if (outcome.kind === 'replay') {
+        this.emit('replayed', identity, options, since);
+      } else {
+        this.emit('claimed', identity, options, since);
+        if (outcome.execution.takenOver) this.emit('lease-taken-over', identity, options);
+      }
       return outcome;
     } catch (error) {
+      this.reportWait(identity, options, waiting);
       const type =
         error instanceof RequestInProgressError
           ? 'conflict'
@@ -99,14 +132,14 @@ export class IdempotencyEvents {
             : error instanceof IdempotencyStoreUnavailableError
               ? 'store-error'
               : undefined;
-      if (type) this.emit(type, identity(), options, type === 'conflict' ? since : undefined);
+      if (type) this.emit(type, identity, options, type === 'conflict' ? since : undefined);
       throw error;
     }
   }
 
   /** The handler, timed: `executed` when it returns or throws. */
   timed<T>(execution: Observed, handler: () => Promise<T>): () => Promise<T> {
-    if (this.sinks.length === 0) return handler;
+    if (!this.listening) return handler;
     return async () => {
       const since = performance.now();
       try {
@@ -117,11 +150,13 @@ export class IdempotencyEvents {
     };
   }
 
-  /** Reports `type` once `step` has succeeded. */
-  async after<T>(type: IdempotencyEventType, execution: Observed, step: Promise<T>): Promise<T> {
-    const result = await step;
-    this.emit(type, execution.identity, execution.options);
-    return result;
+  /** Reports `type` once `step` has succeeded; `step` itself when nothing listens. */
+  after<T>(type: IdempotencyEventType, execution: Observed, step: Promise<T>): Promise<T> {
+    if (!this.listening) return step;
+    return step.then((result) => {
+      this.emit(type, execution.identity, execution.options);
+      return result;
+    });
   }
 
   emit(
@@ -130,15 +165,14 @@ export class IdempotencyEvents {
     options: { transactional: boolean },
     since?: number,
   ): void {
-    if (this.sinks.length === 0) return;
-    const event: IdempotencyEvent = {
-      type,
-      scope: identity.scope,
-      method: identity.method,
-      route: identity.route,
-      mode: options.transactional ? 'transactional' : 'lease',
-      ...(since === undefined ? {} : { durationMs: performance.now() - since }),
-    };
+    if (!this.listening) return;
+    const mode = options.transactional ? 'transactional' : 'lease';
+    const { scope, method, route } = identity;
+    // One of two fixed shapes, built once for every sink.
+    const event: IdempotencyEvent =
+      since === undefined
+        ? { type, scope, method, route, mode }
+        : { type, scope, method, route, mode, durationMs: performance.now() - since };
     for (const sink of this.sinks) {
       try {
         sink.record(event);
@@ -146,5 +180,14 @@ export class IdempotencyEvents {
         this.logger.warn(`an idempotency event listener threw: ${describeError(error)}`);
       }
     }
+  }
+
+  private reportWait(identity: RecordIdentity, options: { transactional: boolean }, waiting: Waiting): void {
+    if (waiting.since !== undefined) this.emit('waited', identity, options, waiting.since);
+  }
+
+  private add(sink: EventSink): void {
+    this.sinks.push(sink);
+    this.listening = true;
   }
 }

@@ -41,7 +41,17 @@ export interface ClaimRequest {
 
 export type ClaimResult =
   /** The caller now owns the record (new, re-claimed after expiry, or taken over). */
-  | { readonly claimed: true; readonly record: IdempotencyRecord }
+  | {
+      readonly claimed: true;
+      readonly record: IdempotencyRecord;
+      /**
+       * Set when the claim took the record over from an owner whose lease had lapsed (the
+       * `take-over` of `decideClaim()`: a live in-progress record of the same request): that
+       * owner crashed or stalled, and its execution may have run in part. Absent for a new
+       * record and for the re-claim of an expired one.
+       */
+      readonly takenOver?: true;
+    }
   /** A live record holds the key; the caller decides with `decideClaim()` what to answer. */
   | { readonly claimed: false; readonly observed: ObservedRecord };
 

@@ -60,7 +60,7 @@ export class MemoryIdempotencyStore extends IdempotencyStore {
       expiresAt: new Date(now + request.ttlMs),
     };
     this.records.set(id, record);
-    return { claimed: true, record };
+    return decision === 'take-over' ? { claimed: true, record, takenOver: true } : { claimed: true, record };
   }
 
   async sharedSecret(): Promise<Buffer> {

@@ -153,7 +153,7 @@ export class RedisIdempotencyStore extends IdempotencyStore implements OnApplica
         completedAt: null,
         expiresAt: new Date(now + ttlMs),
       };
-      return { claimed: true, record };
+      return reply[3] === 1 ? { claimed: true, record, takenOver: true } : { claimed: true, record };
     }
     const [, , lapsed, s, f, o, l, c, d, e, r] = reply as (string | null)[];
     const record = toRecord(identity, { s, f, o, l, c, d, e, r });

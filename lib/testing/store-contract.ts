@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import type { IdempotencyRecord, RecordIdentity, StoredResponse } from '../core/record.js';
-import { type ClaimRequest, IdempotencyStore } from '../storage/idempotency.store.js';
+import { type ClaimRequest, type ClaimResult, IdempotencyStore } from '../storage/idempotency.store.js';
 import { HOUR, identity, LEASE, lost, MINUTE, request, RESPONSE, SECOND, won } from './store-fixtures.js';
 
 /**
@@ -44,6 +44,11 @@ export interface StoreHarness {
    * `purgeExpired()` never finds any: the purge scenarios expect 0 from it.
    */
   readonly expiresNatively?: boolean;
+}
+
+/** Whether a claim won the key by taking a lapsed lease over. */
+function tookOver(result: ClaimResult): boolean {
+  return result.claimed && result.takenOver === true;
 }
 
 /**
@@ -177,6 +182,14 @@ export function describeStoreContract(
         const winner = await race(id, ['fp-original']);
         expect(winner.ownerToken).not.toBe(original.ownerToken);
       });
+
+      it('of 50 concurrent take-overs of a lapsed lease, only the winner says it took over', async () => {
+        const id = identity();
+        won(await store.claim(request(id)));
+        await harness.advance(LEASE + SECOND);
+        const results = await Promise.all(Array.from({ length: 50 }, () => store.claim(request(id))));
+        expect(results.filter(tookOver)).toHaveLength(1);
+      });
     });
 
     describe('fencing', () => {
@@ -288,6 +301,39 @@ export function describeStoreContract(
     });
 
     describe('take-over of a lapsed lease', () => {
+      // What an application reports as a crashed or stalled owner (the lease-taken-over event).
+      it('the claim that takes over says so (takenOver); a new claim, a re-claim after release or after expiry does not', async () => {
+        const id = identity();
+        const first = request(id);
+        const fresh = await store.claim(first);
+        won(fresh);
+        expect(tookOver(fresh)).toBe(false);
+        expect(await store.release(id, first.ownerToken)).toBe(true);
+        const again = request(id);
+        const reclaimed = await store.claim(again);
+        won(reclaimed);
+        expect(tookOver(reclaimed)).toBe(false);
+        await harness.advance(LEASE + SECOND); // its owner stalled: the lease lapsed
+        const successor = request(id);
+        const takeOver = await store.claim(successor);
+        expect(tookOver(takeOver)).toBe(true);
+        expect(won(takeOver).ownerToken).toBe(successor.ownerToken);
+        expect(await store.complete(id, successor.ownerToken, RESPONSE, MINUTE)).toBe(true);
+        await harness.advance(MINUTE + SECOND);
+        const afterExpiry = await store.claim(request(id));
+        won(afterExpiry);
+        expect(tookOver(afterExpiry)).toBe(false);
+      });
+
+      it('an in-flight record past both its lease and its lifetime is re-claimed, not taken over', async () => {
+        const id = identity();
+        won(await store.claim(request(id, { ttlMs: MINUTE })));
+        await harness.advance(MINUTE + SECOND);
+        const result = await store.claim(request(id));
+        won(result);
+        expect(tookOver(result)).toBe(false);
+      });
+
       it('with the same fingerprint: a new token takes over and the old one is fenced out', async () => {
         const id = identity();
         const original = request(id);

@@ -1,5 +1,6 @@
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from '@jest/globals';
 import { randomUUID } from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
 import type pg from 'pg';
 import { DataSource } from 'typeorm';
 import { PostgresIdempotencyStore, type RecordIdentity } from '../../lib/index.js';
@@ -120,6 +121,32 @@ describe('prepared statements', () => {
       await db.pool.query('ALTER TABLE idempotency_keys DROP COLUMN added_later');
     }
     await bothModes();
+  });
+});
+
+describe('a transactional claim', () => {
+  // The transactional claim has a slow path of its own (in the request's transaction): it must say so too.
+  describe.each([true, false])('with prepared statements: %s', (preparedStatements) => {
+    it('says it took over a lapsed lease-mode claim (takenOver), and not for a free key', async () => {
+      const transactional = new PostgresIdempotencyStore(dataSource, { preparedStatements });
+      const id = identity();
+      won(await store.claim(request(id, { leaseMs: 1 })));
+      await sleep(20); // the owner never comes back: its lease lapses
+      for (const [target, expected] of [
+        [id, true],
+        [identity(), false],
+      ] as const) {
+        const successor = request(target);
+        const transaction = await transactional.openTransaction();
+        try {
+          const claim = await transaction.claim(successor, Date.now() + 1000, 30_000);
+          expect(won(claim).ownerToken).toBe(successor.ownerToken);
+          expect(claim.claimed && claim.takenOver === true).toBe(expected);
+        } finally {
+          await transaction.rollback();
+        }
+      }
+    });
   });
 });
 

@@ -47,7 +47,8 @@ const COLUMNS = [
  * is none, inserts it: the primary key makes two concurrent inserts impossible (the
  * loser's DO NOTHING fires, and it goes to the slow path). A replay thus costs a single
  * indexed read: no insert attempt, no trigger, no lock on the existing row (replays must
- * not serialise on it).
+ * not serialise on it). It never takes a lapsed lease over (that row exists: slow path), so
+ * its won claims need no take-over flag.
  */
 export const SQL_CLAIM = `
 WITH existing AS (
@@ -158,7 +159,8 @@ RETURNING ${COLUMNS}`;
  * Slow path, step 2: re-claim an expired record or take over a lapsed lease, with a new
  * owner token (which fences out the previous owner). Guarded so it cannot fire on a live
  * record. A take-over keeps the record's fingerprint: it is the same request, perhaps
- * fingerprinted under a previous secret.
+ * fingerprinted under a previous secret. Which of the two it was, the examination under the
+ * same row lock has told (no column of the updated row can: they hold the new values).
  */
 export const SQL_RECLAIM = `
 UPDATE ${IDEMPOTENCY_TABLE} AS k

@@ -41,6 +41,8 @@ export interface KeyRow {
 /**
  * The fast path on a pool or a transaction's connection; undefined when the row must be
  * examined under a lock (expired, abandoned, or changed between the INSERT and the snapshot).
+ * It wins only by inserting where no row exists, so it never takes a record over: a
+ * lapsed lease goes to the slow path, which tells (`takenOver`).
  */
 export async function claimFast(db: Queryable, request: ClaimRequest): Promise<ClaimResult | undefined> {
   const { rows } = await db.query(SQL_CLAIM, claimParameters(request));
@@ -106,7 +108,10 @@ export async function claimUnderLock(
     const decision = decideClaim(observed, request.fingerprint, request.acceptedFingerprints);
     if (decision !== 'reclaim' && decision !== 'take-over') return { claimed: false, observed };
     const updated = await db.query(SQL_RECLAIM, params);
-    if (updated.rows[0]) return { claimed: true, record: toRecord(updated.rows[0]) };
+    if (!updated.rows[0]) continue;
+    const record = toRecord(updated.rows[0]);
+    // The row lock held since the examination makes the decision the truth about the row replaced.
+    return decision === 'take-over' ? { claimed: true, record, takenOver: true } : { claimed: true, record };
   }
   throw new Error('idempotency claim did not settle: the record kept changing concurrently');
 }

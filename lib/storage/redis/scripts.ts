@@ -53,8 +53,9 @@ end
 /**
  * Claim: ARGV = fingerprint, owner token, lease ms, ttl ms, identity JSON, then the
  * fingerprints also accepted (the same request under previous secrets).
- * Returns `{1, now}` when claimed, or `{0, now, leaseLapsed, s, f, o, l, c, d, e, r}`
- * with the live record that holds the key: the observed record of `decideClaim()`.
+ * Returns `{1, now, fingerprint, takenOver}` when claimed (`takenOver` 1 when it took a
+ * lapsed lease over, else 0), or `{0, now, leaseLapsed, s, f, o, l, c, d, e, r}` with the
+ * live record that holds the key: the observed record of `decideClaim()`.
  */
 export const CLAIM = script(
   'claim',
@@ -63,6 +64,7 @@ local lease = tonumber(ARGV[3])
 local ttl = tonumber(ARGV[4])
 local r = redis.call('HMGET', KEYS[1], 's', 'f', 'o', 'l', 'c', 'd', 'e', 'r')
 local fingerprint = ARGV[1]
+local takenOver = 0
 if r[1] then
   local isLive, leaseLive = live(r[1], r[4] or '0', r[7])
   if isLive then
@@ -77,13 +79,14 @@ if r[1] then
     end
     -- A take-over is the same request: it keeps the stored fingerprint.
     fingerprint = r[2]
+    takenOver = 1
   end
   redis.call('DEL', KEYS[1])
 end
 redis.call('HSET', KEYS[1], 's', 'in_progress', 'f', fingerprint, 'o', ARGV[2], 'l', ms(now + lease), 'c', ms(now),
   'e', ms(now + ttl), 'i', ARGV[5])
 redis.call('PEXPIRE', KEYS[1], ms(math.max(lease, ttl)))
-return {1, now, fingerprint}
+return {1, now, fingerprint, takenOver}
 `,
 );
 
