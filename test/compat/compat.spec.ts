@@ -23,7 +23,14 @@ import { fileURLToPath } from 'node:url';
  * tarball, and runs its own test suite against PostgreSQL. The README's "Compatibility"
  * table lists the same applications.
  */
-const CONSUMERS = ['nest11-cjs-jest', 'nest12-esm-vitest', 'nest12-fastify-typeorm03', 'floor'];
+const CONSUMERS = [
+  'nest11-cjs-jest',
+  'nest12-esm-vitest',
+  'nest12-fastify-typeorm03',
+  'floor',
+  'nest12-drizzle',
+  'nest11-kysely-cjs',
+];
 
 const ROOT = fileURLToPath(new URL('../../../', import.meta.url)); // from dist/test/compat/
 const SOURCES = join(ROOT, 'test/compat');
