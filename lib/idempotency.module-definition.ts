@@ -1,6 +1,11 @@
 import { ConfigurableModuleBuilder, type DynamicModule, Module, type Provider } from '@nestjs/common';
+import type { Pool } from 'pg';
 import type { DataSource } from 'typeorm';
-import type { IdempotencyModuleExtras, IdempotencyModuleOptions } from './idempotency.options.js';
+import type {
+  IdempotencyModuleExtras,
+  IdempotencyModuleOptions,
+  IdempotencyPoolFactory,
+} from './idempotency.options.js';
 import { IdempotencyStore } from './storage/idempotency.store.js';
 import { PostgresIdempotencyStore } from './storage/postgres.store.js';
 import { RedisIdempotencyStore } from './storage/redis.store.js';
@@ -25,7 +30,8 @@ export const {
       return {
         ...definition,
         global,
-        providers: [...(definition.providers ?? []), provider],
+        imports: [...(definition.imports ?? []), ...(provider.imports ?? [])],
+        providers: [...(definition.providers ?? []), provider.provider],
         exports: [...(definition.exports ?? []), IdempotencyStore],
       };
     }
@@ -34,14 +40,50 @@ export const {
   })
   .build();
 
-/** The store's provider, or undefined for the default PostgreSQL store (see `postgresStoreModule`). */
-function storeProvider({ store, redis }: IdempotencyModuleExtras): Provider | undefined {
-  if (store && redis) throw new Error('IdempotencyModule: give either "store" or "redis", not both.');
-  if (store) return { provide: IdempotencyStore, useClass: store };
-  if (redis && (redis.transactionalRoutes ?? 'refuse') === 'refuse') {
-    return { provide: IdempotencyStore, useFactory: () => RedisIdempotencyStore.create(redis) };
+interface StoreProvider {
+  provider: Provider;
+  imports?: IdempotencyPoolFactory['imports'];
+}
+
+/** The store's provider, or undefined for the PostgreSQL store on a TypeORM DataSource (see `postgresStoreModule`). */
+function storeProvider({
+  store,
+  redis,
+  pool,
+  dataSource,
+  preparedStatements,
+}: IdempotencyModuleExtras): StoreProvider | undefined {
+  const given = [store && '"store"', redis && '"redis"', pool && '"pool"', dataSource && '"dataSource"'].filter(
+    Boolean,
+  );
+  // Redis beside PostgreSQL (transactionalRoutes: 'postgres') is the one combination.
+  const combined = given.length === 2 && redis && redis.transactionalRoutes === 'postgres' && !store;
+  if (given.length > 1 && !combined) {
+    throw new Error(`IdempotencyModule: give one of ${given.join(', ')}, not several.`);
   }
-  return undefined;
+  if (store) return { provider: { provide: IdempotencyStore, useClass: store } };
+  if (redis && (redis.transactionalRoutes ?? 'refuse') === 'refuse') {
+    return { provider: { provide: IdempotencyStore, useFactory: () => RedisIdempotencyStore.create(redis) } };
+  }
+  if (!pool) return undefined;
+  const factory: IdempotencyPoolFactory = isPoolFactory(pool) ? pool : { useFactory: () => pool };
+  return {
+    imports: factory.imports,
+    provider: {
+      provide: IdempotencyStore,
+      inject: factory.inject ?? [],
+      useFactory: async (...dependencies: unknown[]) => {
+        const postgres = new PostgresIdempotencyStore(await factory.useFactory(...dependencies), {
+          preparedStatements,
+        });
+        return redis ? new SplitIdempotencyStore(await RedisIdempotencyStore.create(redis), postgres) : postgres;
+      },
+    },
+  };
+}
+
+function isPoolFactory(pool: Pool | IdempotencyPoolFactory): pool is IdempotencyPoolFactory {
+  return typeof (pool as Partial<IdempotencyPoolFactory>).useFactory === 'function';
 }
 
 @Module({})

@@ -1,4 +1,12 @@
-import type { ExecutionContext, HttpException, Type } from '@nestjs/common';
+import type {
+  DynamicModule,
+  ExecutionContext,
+  ForwardReference,
+  HttpException,
+  InjectionToken,
+  Type,
+} from '@nestjs/common';
+import type { Pool } from 'pg';
 import type { FingerprintSecret } from './core/fingerprint.js';
 import type { IdempotencyEventListener } from './observability/events.js';
 import type { ResponseEncryptionKey } from './core/response-cipher.js';
@@ -199,6 +207,16 @@ export interface IdempotencyModuleExtras {
    */
   dataSource?: string;
   /**
+   * Run the PostgreSQL store on this node-postgres Pool instead of a TypeORM DataSource:
+   * neither TypeORM nor `@nestjs/typeorm` is needed (nor loaded) then. Transactional routes
+   * write through the transaction's client (`@IdempotentClient()`,
+   * `IdempotentTransaction.client`), there is no EntityManager. A Pool, or a factory for
+   * one that Nest calls with the `inject`ed providers of the `imports`. The application
+   * owns the pool (and ends it at shutdown). See the README, "Without TypeORM".
+   * @default the TypeORM DataSource (`dataSource`)
+   */
+  pool?: Pool | IdempotencyPoolFactory;
+  /**
    * Register the HTTP and message interceptors and the problem filter for the whole
    * application. With `false`, nothing is registered application-wide: each controller with
    * `@Idempotent()` routes names them itself, with `@UseInterceptors(IdempotencyInterceptor)`
@@ -229,6 +247,13 @@ export interface IdempotencyModuleExtras {
    * refused at start-up. See the README, "Redis store".
    */
   redis?: RedisStoreOptions;
+}
+
+/** A Pool made by Nest, with other providers: the module option `pool`. */
+export interface IdempotencyPoolFactory {
+  useFactory: (...dependencies: any[]) => Pool | Promise<Pool>;
+  inject?: InjectionToken[];
+  imports?: Array<Type | DynamicModule | Promise<DynamicModule> | ForwardReference>;
 }
 
 export const DEFAULT_REPLAY_HEADERS: readonly string[] = [

@@ -1,7 +1,7 @@
 // The whole public surface of the library. Anything not exported here is internal.
 export { IdempotencyModule } from './idempotency.module.js';
 export { Idempotent, IDEMPOTENT_METADATA } from './idempotent.decorator.js';
-export { IdempotentManager, IdempotentTransaction } from './core/idempotent-transaction.js';
+export { IdempotentClient, IdempotentManager, IdempotentTransaction } from './core/idempotent-transaction.js';
 export { IdempotencyService } from './core/idempotency.service.js';
 export {
   IdempotentTransactionalAdapterTypeOrm,
@@ -22,6 +22,7 @@ export {
   type ErrorStoragePolicy,
   type IdempotencyModuleExtras,
   type IdempotencyModuleOptions,
+  type IdempotencyPoolFactory,
   type IdempotentRouteOptions,
   type ScopeResolver,
 } from './idempotency.options.js';

@@ -1,5 +1,6 @@
 import { Inject, Injectable, Logger, type OnApplicationShutdown, type OnModuleInit } from '@nestjs/common';
 import { createHash } from 'node:crypto';
+import type { PoolClient } from 'pg';
 import type { EntityManager } from 'typeorm';
 import { describeError } from '../errors.js';
 import { MODULE_OPTIONS_TOKEN } from '../idempotency.module-definition.js';
@@ -9,7 +10,7 @@ import { IdempotencyStore, type PurgeOptions } from '../storage/idempotency.stor
 import type { Execution, Outcome } from './execution.js';
 import { Fingerprinter, type FingerprintParts } from './fingerprint.js';
 import { type Attempt, type ExecutionMode, Flow, where } from './flow.js';
-import { currentManager } from './idempotent-transaction.js';
+import { currentClient, currentManager, NO_ENTITY_MANAGER } from './idempotent-transaction.js';
 import { KeyQueue } from './key-queue.js';
 import { LeaseMode } from './lease.mode.js';
 import { IdempotencyEvents } from '../observability/events.js';
@@ -19,6 +20,15 @@ import { ResponseCipher } from './response-cipher.js';
 import { type IdempotentRunOptions, operationOf } from './run-options.js';
 import { resultOf, storedResult, unreplayable } from './stored-response.js';
 import { TransactionalMode } from './transactional.mode.js';
+
+/** The first argument of a transactional run() on a store without TypeORM: any use of it says why. */
+const withoutEntityManager = new Proxy({} as EntityManager, {
+  get(_target, property) {
+    // Awaiting or logging it probes these; they must not throw.
+    if (property === 'then' || typeof property === 'symbol') return undefined;
+    throw new Error(NO_ENTITY_MANAGER);
+  },
+});
 
 /** Scopes longer than this are stored as their SHA-256, so that they fit the primary key's index entry. */
 const MAX_STORED_SCOPE_BYTES = 256;
@@ -100,8 +110,10 @@ export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
    * throws stores nothing: the key is free again, and the next call runs it.
    *
    * With `transactional: true`, `operation` gets the EntityManager of a transaction that
-   * also holds the claim: write through it, and the writes commit together with the
-   * stored result, or not at all.
+   * also holds the claim, and that transaction's connection as a node-postgres client (see
+   * `IdempotentTransaction.client`): write through either, and the writes commit together
+   * with the stored result, or not at all. On a store that runs on a `pg` Pool there is no
+   * EntityManager: using the first argument throws; write through the client.
    *
    * Throws `RequestInProgressError` when another call holds the key (`concurrency:
    * 'reject'`, or `'wait'` past `waitTimeoutMs`), `IdempotencyKeyReuseError` when the key
@@ -109,12 +121,12 @@ export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
    */
   run<T>(
     options: IdempotentRunOptions & { transactional: true },
-    operation: (manager: EntityManager) => T | Promise<T>,
+    operation: (manager: EntityManager, client: PoolClient) => T | Promise<T>,
   ): Promise<Awaited<T>>;
   run<T>(options: IdempotentRunOptions, operation: () => T | Promise<T>): Promise<Awaited<T>>;
   async run<T>(
     options: IdempotentRunOptions,
-    operation: (manager: EntityManager) => T | Promise<T>,
+    operation: (manager: EntityManager, client: PoolClient) => T | Promise<T>,
   ): Promise<Awaited<T>> {
     const { identity, routeOptions, payload } = operationOf(this.moduleOptions, options);
     if (routeOptions.transactional && !this.store.supportsTransactions) {
@@ -128,7 +140,10 @@ export class IdempotencyService implements OnModuleInit, OnApplicationShutdown {
     if (outcome.kind === 'replay') return resultOf(outcome.response) as Awaited<T>;
     // Read inside the handler's context, where transactional mode put its transaction. Lease
     // mode hands none: an ambient one would be an enclosing request's transaction.
-    const managed = async () => operation((routeOptions.transactional ? currentManager() : undefined)!);
+    const managed = async () =>
+      routeOptions.transactional
+        ? operation(currentManager() ?? withoutEntityManager, currentClient()!)
+        : (operation as () => T | Promise<T>)();
     return (await this.execute(outcome.execution, managed, { returnUnstorable: true })) as Awaited<T>;
   }
 

@@ -1,5 +1,6 @@
 import { createParamDecorator, Injectable } from '@nestjs/common';
 import { AsyncLocalStorage } from 'node:async_hooks';
+import type { PoolClient } from 'pg';
 import type { EntityManager } from 'typeorm';
 import type { StoreTransaction } from '../storage/idempotency.store.js';
 
@@ -48,21 +49,42 @@ export function currentManager(): EntityManager | undefined {
   return current.getStore()?.transaction?.manager as EntityManager | undefined;
 }
 
-function managerOrThrow(): EntityManager {
+/** @internal The guarded connection of the running transactional execution, if any. */
+export function currentClient(): PoolClient | undefined {
+  return current.getStore()?.transaction?.client as PoolClient | undefined;
+}
+
+function transactionOrThrow(what: string): StoreTransaction {
   const transaction = current.getStore()?.transaction;
   if (!transaction) {
     throw new Error(
-      'No idempotency transaction here: the EntityManager is handed only to handlers of routes ' +
+      `No idempotency transaction here: the ${what} is handed only to handlers of routes ` +
         'with @Idempotent({ transactional: true }) (or the module option transactional: true), ' +
         'while such a request runs.',
     );
   }
-  return transaction.manager as EntityManager;
+  return transaction;
+}
+
+/** @internal What using the EntityManager of a store that has none says. */
+export const NO_ENTITY_MANAGER =
+  'No TypeORM EntityManager: the PostgreSQL store runs on a pg Pool (the module option "pool"). ' +
+  "Write through the transaction's client instead: @IdempotentClient() or IdempotentTransaction.client.";
+
+function managerOrThrow(): EntityManager {
+  const manager = transactionOrThrow('EntityManager').manager as EntityManager | undefined;
+  if (!manager) throw new Error(NO_ENTITY_MANAGER);
+  return manager;
+}
+
+function clientOrThrow(): PoolClient {
+  return transactionOrThrow('client').client as PoolClient;
 }
 
 /**
  * The transaction of the running transactional-mode request, for services the handler
- * calls: write through `manager` and the writes commit together with the stored response.
+ * calls: write through `manager` (TypeORM) or `client` (node-postgres, and what wraps it),
+ * and the writes commit together with the stored response.
  *
  * ```ts
  * constructor(private readonly transaction: IdempotentTransaction) {}
@@ -71,9 +93,24 @@ function managerOrThrow(): EntityManager {
  */
 @Injectable()
 export class IdempotentTransaction {
-  /** The EntityManager of the request's transaction; throws outside a transactional route. */
+  /**
+   * The EntityManager of the request's transaction; throws outside a transactional route,
+   * and on a store that runs on a `pg` Pool (no TypeORM): use `client` there.
+   */
   get manager(): EntityManager {
     return managerOrThrow();
+  }
+
+  /**
+   * The request's connection as a node-postgres client, for raw SQL and for libraries that
+   * wrap one (Drizzle's `drizzle(client)`, Kysely's `PostgresDialect`): writes through it
+   * commit with the stored response. BEGIN, COMMIT and ROLLBACK sent through it open and
+   * end a savepoint (so a wrapper's `transaction()` nests), `release()` does nothing, and it
+   * refuses queries once the request's transaction has ended. Throws outside a
+   * transactional route.
+   */
+  get client(): PoolClient {
+    return clientOrThrow();
   }
 
   /** Whether the current code runs inside a transactional-mode request. */
@@ -87,3 +124,9 @@ export class IdempotentTransaction {
  * `create(@IdempotentManager() manager: EntityManager, @Body() body: Dto)`.
  */
 export const IdempotentManager = createParamDecorator((): EntityManager => managerOrThrow());
+
+/**
+ * The request transaction's connection (see `IdempotentTransaction.client`), as a handler
+ * parameter: `create(@IdempotentClient() client: PoolClient, @Body() body: Dto)`.
+ */
+export const IdempotentClient = createParamDecorator((): PoolClient => clientOrThrow());

@@ -164,13 +164,18 @@ export abstract class IdempotencyStore {
 
 /**
  * A transactional-mode request's transaction. The record is claimed inside it, the
- * handler's writes go through `manager`, and the stored response commits with them.
+ * handler's writes go through `manager` or `client`, and the stored response commits with them.
  * A concurrent claim of the same identity waits on the database's lock (up to the
  * given lock timeout), not on polling; if the process dies, the database rolls back.
  */
 export interface StoreTransaction {
-  /** The handler's view of the transaction: a TypeORM EntityManager for PostgreSQL. */
+  /**
+   * The handler's view of the transaction: a TypeORM EntityManager for PostgreSQL on a
+   * DataSource; undefined where the store has none (PostgreSQL on a `pg` Pool).
+   */
   readonly manager: unknown;
+  /** The transaction's connection as the handler may use it: a node-postgres client for PostgreSQL. */
+  readonly client: unknown;
   /**
    * Claims inside the transaction, waiting for another owner until `waitUntil` (epoch ms)
    * at most. A won claim has also marked where the handler's writes start (the claim stays

@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { DataSource } from 'typeorm';
+import type { Pool as PgPool } from 'pg';
 import type { IdempotencyRecord, RecordIdentity, RecordStatus } from '../core/record.js';
 import {
   type ClaimRequest,
@@ -51,6 +52,8 @@ import {
 import * as operator from './postgres/operator.js';
 import { watchSecondConnections } from './postgres/second-connections.js';
 import { PostgresStoreTransaction } from './postgres/transaction.js';
+import { PoolTransactionHost, type TransactionHost } from './postgres/transaction-host.js';
+import { TypeOrmTransactionHost } from './postgres/typeorm-transaction-host.js';
 
 export { IDEMPOTENCY_TABLE } from './postgres/sql.js';
 
@@ -77,10 +80,36 @@ function earliest(requests: readonly { deadline?: number }[]): number | undefine
   return deadlines.length > 0 ? Math.min(...deadlines) : undefined;
 }
 
+/** Whether `source` is a TypeORM DataSource rather than a node-postgres Pool. */
+function isDataSource(source: DataSource | PgPool): source is DataSource {
+  return typeof (source as Partial<DataSource>).createQueryRunner === 'function';
+}
+
+/** The pool a source's connections come from, refusing what is neither a postgres DataSource nor a Pool. */
+function poolOf(source: DataSource | PgPool): Pool {
+  if (isDataSource(source)) {
+    if (source.options.type !== 'postgres') {
+      throw new Error(
+        `IdempotencyModule: the DataSource is of type "${source.options.type}"; ` +
+          'the PostgreSQL store needs a DataSource of type "postgres".',
+      );
+    }
+    // The driver's pool exists once the DataSource is initialised, which
+    // TypeOrmModule does before any provider that injects it is created.
+    return (source.driver as unknown as { master: Pool }).master;
+  }
+  const pool = source as unknown as Partial<Pool>;
+  if (typeof pool?.connect !== 'function' || typeof pool.query !== 'function' || typeof pool.on !== 'function') {
+    throw new Error('IdempotencyModule: "pool" must be a node-postgres Pool (new Pool() of the "pg" package).');
+  }
+  return pool as Pool;
+}
+
 /**
  * The PostgreSQL store: records in the `idempotency_keys` table, on the application's
- * TypeORM DataSource. It talks to the DataSource's node-postgres pool directly, without a
- * TypeORM QueryRunner per call. Lease-mode claims and completions that arrive together share
+ * TypeORM DataSource or on a node-postgres Pool. Either way it talks to the node-postgres
+ * pool directly, without a TypeORM QueryRunner per call; a DataSource adds its
+ * EntityManager (and subscribers) to transactional requests. Lease-mode claims and completions that arrive together share
  * a statement (group commit); a transactional request's own statements take two round trips.
  */
 export class PostgresIdempotencyStore extends IdempotencyStore {
@@ -93,20 +122,20 @@ export class PostgresIdempotencyStore extends IdempotencyStore {
 
   private readonly names: ReadonlyMap<string, string>;
 
+  /** The TypeORM DataSource it runs on; undefined on a plain pool. */
+  private readonly dataSource: DataSource | undefined;
+
+  /**
+   * @param source the application's TypeORM DataSource (of type "postgres"), or a
+   *   node-postgres `Pool`, which the application keeps and ends.
+   */
   constructor(
-    private readonly dataSource: DataSource,
+    source: DataSource | PgPool,
     private readonly options: PostgresStoreOptions = {},
   ) {
     super();
-    if (dataSource.options.type !== 'postgres') {
-      throw new Error(
-        `IdempotencyModule: the DataSource is of type "${dataSource.options.type}"; ` +
-          'the PostgreSQL store needs a DataSource of type "postgres".',
-      );
-    }
-    // The driver's pool exists once the DataSource is initialised, which
-    // TypeOrmModule does before any provider that injects it is created.
-    this.pool = (dataSource.driver as unknown as { master: Pool }).master;
+    this.pool = poolOf(source);
+    this.dataSource = isDataSource(source) ? source : undefined;
     guardClients(this.pool);
     watchSecondConnections(this.pool);
     this.names = options.preparedStatements === false ? new Map() : PREPARED_NAMES;
@@ -153,24 +182,33 @@ export class PostgresIdempotencyStore extends IdempotencyStore {
   }
 
   override async openTransaction(deadline?: number): Promise<StoreTransaction> {
-    const runner = this.dataSource.createQueryRunner();
-    let client: PoolClient;
-    try {
-      client = (await withinDeadline(runner.connect(), deadline, () => void runner.release())) as PoolClient;
-    } catch (error) {
-      // After a time-out, the connection is released when (if ever) the pool hands it over.
-      if (!(error instanceof PoolTimeoutError)) await runner.release();
-      throw error;
-    }
+    const host = await this.transactionHost(deadline);
     // BEGIN travels with the claim, in the transaction's first round trip.
-    const { isolationLevel } = this.dataSource.options as { isolationLevel?: string };
+    const { isolationLevel } = (this.dataSource?.options ?? {}) as { isolationLevel?: string };
     try {
-      return new PostgresStoreTransaction(runner, client, {
+      return new PostgresStoreTransaction(host, {
         isolationLevel,
         prepared: this.options.preparedStatements !== false,
       });
     } catch (error) {
-      await runner.release();
+      await host.release(false);
+      throw error;
+    }
+  }
+
+  /** A connection for a transaction, waited for until `deadline` at most. */
+  private async transactionHost(deadline: number | undefined): Promise<TransactionHost> {
+    if (!this.dataSource) {
+      const client = await withinDeadline(this.pool.connect(), deadline, (late) => late.release());
+      return new PoolTransactionHost(client);
+    }
+    const runner = this.dataSource.createQueryRunner();
+    try {
+      const client = (await withinDeadline(runner.connect(), deadline, () => void runner.release())) as PoolClient;
+      return new TypeOrmTransactionHost(runner, client);
+    } catch (error) {
+      // After a time-out, the connection is released when (if ever) the pool hands it over.
+      if (!(error instanceof PoolTimeoutError)) await runner.release();
       throw error;
     }
   }

@@ -28,8 +28,9 @@ export function watchSecondConnections(pool: Pool): void {
     lastWarned.set(operation, now);
     logger.warn(
       `${operation}: a second database connection was taken while its transaction is open; what it writes ` +
-        'is outside the idempotency transaction (not undone by its rollback). Write through @IdempotentManager(), ' +
-        'IdempotentTransaction.manager, or IdempotentTransactionalAdapterTypeOrm for @nestjs-cls/transactional.',
+        'is outside the idempotency transaction (not undone by its rollback). Write through @IdempotentManager() ' +
+        'or @IdempotentClient(), IdempotentTransaction.manager or .client, or IdempotentTransactionalAdapterTypeOrm ' +
+        'for @nestjs-cls/transactional.',
     );
   });
 }

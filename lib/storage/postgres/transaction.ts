@@ -1,7 +1,8 @@
-import type { EntityManager, QueryRunner } from 'typeorm';
+import type { EntityManager } from 'typeorm';
 import type { RecordIdentity } from '../../core/record.js';
 import type { ClaimRequest, ClaimResult, ResponsePayload, StoreTransaction } from '../idempotency.store.js';
 import { type PoolClient } from './connection.js';
+import { HandlerClient } from './handler-client.js';
 import { inline, literal } from './literals.js';
 import {
   beginHandlerStatement,
@@ -26,6 +27,7 @@ import {
   responseText,
   unstorableOrSelf,
 } from './statements.js';
+import type { TransactionHost } from './transaction-host.js';
 
 /**
  * The connections on which this process has prepared transactional mode's statements. A
@@ -36,13 +38,6 @@ const preparedOn = new WeakSet<object>();
 
 /** The isolation levels BEGIN accepts, as TypeORM names them in a DataSource's options. */
 const ISOLATION_LEVELS = new Set(['READ UNCOMMITTED', 'READ COMMITTED', 'REPEATABLE READ', 'SERIALIZABLE']);
-
-/** The parts of TypeORM's QueryRunner that track a transaction, which this one begins and ends itself. */
-type TrackedRunner = Omit<QueryRunner, 'isTransactionActive'> & {
-  isTransactionActive: boolean;
-  transactionDepth: number;
-  broadcaster: { broadcast(event: string): Promise<void> };
-};
 
 /**
  * The transaction of a transactional-mode request: the record is claimed in it, the
@@ -60,7 +55,8 @@ type TrackedRunner = Omit<QueryRunner, 'isTransactionActive'> & {
 export class PostgresStoreTransaction implements StoreTransaction {
   private settled = false;
   private lost = false;
-  private readonly runner: TrackedRunner;
+  private readonly connection: PoolClient;
+  private readonly handlerClient: HandlerClient;
   /** Whether the claim and completion run as prepared statements (SQL PREPARE, then EXECUTE). */
   private readonly prepared: boolean;
   /** BEGIN, with the DataSource's isolation level if it sets one (as TypeORM's own transactions would). */
@@ -70,22 +66,27 @@ export class PostgresStoreTransaction implements StoreTransaction {
   };
 
   constructor(
-    runner: QueryRunner,
-    private readonly client: PoolClient,
+    private readonly host: TransactionHost,
     { isolationLevel, prepared }: { isolationLevel?: string; prepared: boolean },
   ) {
     this.prepared = prepared;
-    this.runner = runner as unknown as TrackedRunner;
+    this.connection = host.client;
+    this.handlerClient = new HandlerClient(host.client);
     if (isolationLevel !== undefined && !ISOLATION_LEVELS.has(isolationLevel)) {
       throw new Error(`IdempotencyModule: unknown isolation level ${JSON.stringify(isolationLevel)}`);
     }
     this.begin = isolationLevel ? `BEGIN ISOLATION LEVEL ${isolationLevel}` : 'BEGIN';
     // Held until the transaction settles: a dropped connection marks it lost, never crashes the process.
-    client.on('error', this.onError);
+    this.connection.on('error', this.onError);
   }
 
-  get manager(): EntityManager {
-    return this.runner.manager;
+  get manager(): EntityManager | undefined {
+    return this.host.manager;
+  }
+
+  /** The connection as the handler gets it: node-postgres' client, guarded. */
+  get client(): PoolClient {
+    return this.handlerClient.client;
   }
 
   /**
@@ -118,13 +119,13 @@ export class PostgresStoreTransaction implements StoreTransaction {
           // fresh transaction whose statements it no longer bounds (lock_timeout does).
           withoutStatementTimeout = true;
         } else if (code === PREPARED_STATEMENT_MISSING) {
-          preparedOn.delete(this.client); // the session was reset under us: prepare again
+          preparedOn.delete(this.connection); // the session was reset under us: prepare again
         } else if (code === PREPARED_STATEMENT_EXISTS) {
-          preparedOn.add(this.client); // prepared by another copy of the library
+          preparedOn.add(this.connection); // prepared by another copy of the library
         } else {
           throw error;
         }
-        await this.client.query('ROLLBACK');
+        await this.connection.query('ROLLBACK');
         await this.ended('Rollback');
       }
     }
@@ -155,28 +156,29 @@ export class PostgresStoreTransaction implements StoreTransaction {
     // Sent whatever the claim finds: a claim that is not won rolls all of it back.
     const text = [...before, claim, beginHandlerStatement(idleLimitMs)].join(';\n');
     await this.starting();
-    const results = (await this.client.query(text)) as unknown as { rows: KeyRow[] }[];
-    if (this.prepared) preparedOn.add(this.client);
+    const results = (await this.connection.query(text)) as unknown as { rows: KeyRow[] }[];
+    if (this.prepared) preparedOn.add(this.connection);
     await this.started();
     const fast = fastClaimResult(results[before.length].rows[0]);
     if (fast) return fast;
-    const slow = await claimUnderLock(this.client, request, async () => {
-      await this.client.query(SQL_SET_LOCK_TIMEOUT, [timeLeft()]);
+    const slow = await claimUnderLock(this.connection, request, async () => {
+      await this.connection.query(SQL_SET_LOCK_TIMEOUT, [timeLeft()]);
     });
     // The savepoint sent above precedes the slow path's change: the handler's starts after it.
-    if (slow.claimed) await this.client.query(beginHandlerStatement(idleLimitMs));
+    if (slow.claimed) await this.connection.query(beginHandlerStatement(idleLimitMs));
     return slow;
   }
 
   async discardHandlerWrites(): Promise<void> {
-    await this.client.query(`ROLLBACK TO SAVEPOINT ${HANDLER_SAVEPOINT}`);
+    await this.connection.query(`ROLLBACK TO SAVEPOINT ${HANDLER_SAVEPOINT}`);
+    this.handlerClient.depth = 0; // the handler's savepoints went with it
   }
 
   async commit(identity: RecordIdentity, ownerToken: string, response: ResponsePayload, ttlMs: number): Promise<void> {
-    // TypeORM counts the handler's manager.transaction() calls; above 1, one of them is
-    // still open: a handler bug. Refuse to commit half of its work.
-    if (this.runner.transactionDepth !== 1) {
-      throw new Error('a transaction the handler opened with manager.transaction() is still open');
+    // A nested transaction the handler opened and never ended is a handler bug: refuse to
+    // commit half of its work.
+    if (this.host.nestedOpen() || this.handlerClient.depth > 0) {
+      throw new Error('a transaction the handler opened (manager.transaction(), or BEGIN on its client) is still open');
     }
     const completion = this.statement(SQL_COMPLETE_OR_FAIL, TX_COMPLETE, [
       ...identityParameters(identity),
@@ -184,9 +186,10 @@ export class PostgresStoreTransaction implements StoreTransaction {
       responseText(response),
       ttlMs,
     ]);
-    await this.runner.broadcaster.broadcast('BeforeTransactionCommit');
+    await this.host.committing();
+    this.handlerClient.end();
     try {
-      await this.client.query(`${completion};\nCOMMIT`);
+      await this.connection.query(`${completion};\nCOMMIT`);
     } catch (error) {
       throw unstorableOrSelf(error);
     }
@@ -195,8 +198,8 @@ export class PostgresStoreTransaction implements StoreTransaction {
       // Subscribers run after the commit: one that throws must not keep the connection from the pool.
       await this.ended('Commit');
     } finally {
-      this.client.removeListener('error', this.onError);
-      await this.runner.release();
+      this.connection.removeListener('error', this.onError);
+      await this.host.release(false);
     }
   }
 
@@ -208,21 +211,24 @@ export class PostgresStoreTransaction implements StoreTransaction {
   async rollback(): Promise<void> {
     if (this.settled) return;
     this.settled = true;
+    this.handlerClient.end();
+    let broken = false;
     try {
       if (this.lost) throw new Error('connection lost');
-      await this.client.query('ROLLBACK');
+      await this.connection.query('ROLLBACK');
     } catch {
-      await this.client.end().catch(() => undefined);
+      broken = true;
+      await this.connection.end().catch(() => undefined);
     } finally {
-      this.client.removeListener('error', this.onError);
+      this.connection.removeListener('error', this.onError);
       await this.ended('Rollback').catch(() => undefined);
-      await this.runner.release();
+      await this.host.release(broken);
     }
   }
 
   /** The PREPAREs to send first, on a connection that has not had them yet. */
   private preparation(): string[] {
-    return this.prepared && !preparedOn.has(this.client) ? SQL_PREPARE_TRANSACTIONAL : [];
+    return this.prepared && !preparedOn.has(this.connection) ? SQL_PREPARE_TRANSACTIONAL : [];
   }
 
   /** A statement with its values as literals: EXECUTE of its prepared form, or the statement itself. */
@@ -230,26 +236,15 @@ export class PostgresStoreTransaction implements StoreTransaction {
     return this.prepared ? `EXECUTE ${prepared}(${values.map(literal).join(', ')})` : inline(sql, values);
   }
 
-  /** As TypeORM's startTransaction() does before its START TRANSACTION. */
-  private async starting(): Promise<void> {
-    this.runner.isTransactionActive = true;
-    try {
-      await this.runner.broadcaster.broadcast('BeforeTransactionStart');
-    } catch (error) {
-      this.runner.isTransactionActive = false;
-      throw error;
-    }
+  private starting(): Promise<void> {
+    return this.host.starting();
   }
 
-  private async started(): Promise<void> {
-    this.runner.transactionDepth = 1;
-    await this.runner.broadcaster.broadcast('AfterTransactionStart');
+  private started(): Promise<void> {
+    return this.host.started();
   }
 
-  private async ended(how: 'Commit' | 'Rollback'): Promise<void> {
-    if (!this.runner.isTransactionActive) return;
-    this.runner.isTransactionActive = false;
-    this.runner.transactionDepth = 0;
-    await this.runner.broadcaster.broadcast(`AfterTransaction${how}`);
+  private ended(how: 'Commit' | 'Rollback'): Promise<void> {
+    return this.host.ended(how);
   }
 }
