@@ -57,12 +57,13 @@ async function paymentWritten(): Promise<boolean> {
   return rows.length > 0;
 }
 
-it('kill -9 while the handler holds its written payment: the retry on a fresh process pays once', async () => {
+it('kill -9 while the handler holds its written payment: the retry on another process pays once', async () => {
   const reference = randomUUID();
   const key = randomUUID();
   const body = { reference, amount: 1200 };
 
-  const victim = await start({ PAYMENTS_HOLD_MS: '60000' });
+  // Both processes start at once: the second takes the retry after the first is killed.
+  const [victim, survivor] = await Promise.all([start({ PAYMENTS_HOLD_MS: '60000' }), start()]);
   const doomed = post(victim.url, '/payments', body, key).catch(() => 'connection lost');
   for (let tries = 0; !(await paymentWritten()); tries++) {
     if (tries > 200) throw new Error('the payment row was never written');
@@ -73,7 +74,6 @@ it('kill -9 while the handler holds its written payment: the retry on a fresh pr
   expect(await doomed).toBe('connection lost');
 
   // The first request never committed: no lease to wait out, the retry runs the handler.
-  const survivor = await start();
   const retry = await post(survivor.url, '/payments', body, key);
   expect(retry.status).toBe(201);
   expect(retry.replayed).toBeNull();
