@@ -63,12 +63,12 @@ export class HandlerClient {
     const release = () => undefined;
     const end = () => Promise.reject(new NestedTransactionError('the idempotency transaction owns this connection'));
     this.client = new Proxy(connection, {
-      get: (target, property) => {
+      get: (target, property): unknown => {
         if (property === 'query') return query;
         if (property === 'release') return release;
         if (property === 'end') return end;
-        const value: unknown = Reflect.get(target, property, target);
-        return typeof value === 'function' ? value.bind(target) : value;
+        const value = Reflect.get(target, property, target) as unknown;
+        return typeof value === 'function' ? (value as (...args: unknown[]) => unknown).bind(target) : value;
       },
     });
   }

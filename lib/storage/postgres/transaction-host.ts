@@ -43,7 +43,8 @@ export class PoolTransactionHost implements TransactionHost {
 
   async ended(): Promise<void> {}
 
-  async release(broken: boolean): Promise<void> {
+  release(broken: boolean): Promise<void> {
     this.client.release(broken);
+    return Promise.resolve();
   }
 }
