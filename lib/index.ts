@@ -56,6 +56,7 @@ export {
   type StoreTransaction,
 } from './storage/idempotency.store.js';
 export { PostgresIdempotencyStore, IDEMPOTENCY_TABLE } from './storage/postgres.store.js';
+export { IDEMPOTENCY_SCHEMA_SQL } from './storage/postgres/schema.js';
 export { MemoryIdempotencyStore } from './storage/memory.store.js';
 export { RedisIdempotencyStore, type RedisClient, type RedisStoreOptions } from './storage/redis.store.js';
 export { SplitIdempotencyStore } from './storage/split.store.js';

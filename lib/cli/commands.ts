@@ -16,6 +16,7 @@ import {
   storeStats,
 } from '../storage/postgres/operator.js';
 import { bytes, duration, fields, parseDuration, table, UsageError } from './format.js';
+import { migrate } from './migrate.js';
 
 /** What a command gives back: what to print for people, what to print with `--json`, and the exit status. */
 export interface CommandResult {
@@ -280,4 +281,5 @@ export const COMMANDS: Record<string, (context: CommandContext) => Promise<Comma
   delete: remove,
   purge,
   stats,
+  migrate,
 };

@@ -2,6 +2,7 @@
 import pg from 'pg';
 import { parseArgs } from 'node:util';
 import { describeError } from '../errors.js';
+import { IDEMPOTENCY_SCHEMA_SQL } from '../storage/postgres/schema.js';
 import { COMMANDS } from './commands.js';
 import { UsageError } from './format.js';
 
@@ -18,6 +19,10 @@ Commands:
   purge     delete expired records in batches, with progress on stderr
             (--dry-run, --batch-size N, --max-batches N, --pause-ms N)
   stats     counts by status and route, the oldest record, expired rows, table size
+  migrate   create the tables, or bring them up to date, without TypeORM: applies the
+            package's sql/idempotency.sql, re-runnable; says what it created or changed
+            (needs a role that may create tables). --print writes the SQL to stdout
+            instead, for other migration tools, with no database
 
 A record is named by --route (e.g. /payments; for run() and @IdempotentMethod(), the
 operation's name), --key, --method (default POST; "call" for run()) and --scope (the
@@ -25,6 +30,7 @@ caller's scope as the application's scope resolver gives it; default "").
 
 Options:
   --json                 machine-readable output on stdout
+  --print                migrate: the SQL, not applied
   --database-url URL     instead of DATABASE_URL
   --fingerprint-secret S the application's fingerprintSecret, if it sets one
   -h, --help
@@ -52,6 +58,7 @@ const OPTIONS = {
   'batch-size': { type: 'string' },
   'max-batches': { type: 'string' },
   'pause-ms': { type: 'string' },
+  print: { type: 'boolean' },
 } as const;
 
 /** At most one progress line a second when stderr is not a terminal (a log file, CI). */
@@ -89,6 +96,12 @@ async function main(argv: string[]): Promise<number> {
   const command = COMMANDS[name];
   if (!command) throw new UsageError(`unknown command: ${name}`);
   if (extra.length) throw new UsageError(`unexpected arguments: ${extra.join(' ')}`);
+  if (values.print) {
+    if (name !== 'migrate') throw new UsageError('--print is an option of migrate');
+    // Before the database URL is looked for: piping the SQL into another tool needs none.
+    process.stdout.write(IDEMPOTENCY_SCHEMA_SQL);
+    return 0;
+  }
   const url = values['database-url'] ?? process.env.DATABASE_URL;
   if (!url) throw new UsageError('DATABASE_URL is not set (or pass --database-url)');
 

@@ -98,8 +98,15 @@ function poolOf(source: DataSource | PgPool): Pool {
     // TypeOrmModule does before any provider that injects it is created.
     return (source.driver as unknown as { master: Pool }).master;
   }
-  const pool = source as unknown as Partial<Pool>;
-  if (typeof pool?.connect !== 'function' || typeof pool.query !== 'function' || typeof pool.on !== 'function') {
+  const pool = source as unknown as Partial<Pool> & { totalCount?: unknown };
+  // A pg.Client has connect() and query() too, but it is one connection: concurrent
+  // requests would share one transaction. A Pool counts its clients.
+  if (
+    typeof pool?.connect !== 'function' ||
+    typeof pool.query !== 'function' ||
+    typeof pool.on !== 'function' ||
+    typeof pool.totalCount !== 'number'
+  ) {
     throw new Error('IdempotencyModule: "pool" must be a node-postgres Pool (new Pool() of the "pg" package).');
   }
   return pool as Pool;
@@ -309,10 +316,11 @@ export class PostgresIdempotencyStore extends IdempotencyStore {
         await this.pool.query(sql);
       } catch (error) {
         if ((error as { code?: string }).code === '42P01') {
-          throw new Error(
-            `IdempotencyModule: table "${table}" does not exist. Add the exported idempotencyMigrations ` +
-              'to your DataSource "migrations" and run them (see the README).',
-          );
+          const fix = this.dataSource
+            ? 'Add the exported idempotencyMigrations to your DataSource "migrations" and run them'
+            : 'Run "npx nestjs-idempotency-postgres migrate", or apply the package\'s sql/idempotency.sql ' +
+              'with your migration tool';
+          throw new Error(`IdempotencyModule: table "${table}" does not exist. ${fix} (see the README).`);
         }
         throw error;
       }

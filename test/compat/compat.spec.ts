@@ -142,15 +142,23 @@ describe('compatibility matrix', () => {
     if (packDir) rmSync(packDir, { recursive: true, force: true });
   });
 
-  it('packs only the package build, README, LICENSE, CHANGELOG and package.json', () => {
+  it('packs only the package build, the schema as SQL, README, LICENSE, CHANGELOG and package.json', () => {
     const allowed = [
       /^(package\.json|README\.md|LICENSE|CHANGELOG\.md)$/,
+      /^sql\/idempotency\.sql$/,
       /^dist\/cjs\/package\.json$/,
       /^dist\/(esm|cjs)\/(lib|migrations)\/.+\.(js|d\.ts)$/,
     ];
     expect(packedFiles.filter((path) => !allowed.some((pattern) => pattern.test(path)))).toEqual([]);
     expect(packedFiles).toEqual(
-      expect.arrayContaining(['package.json', 'README.md', 'LICENSE', 'CHANGELOG.md', 'dist/cjs/package.json']),
+      expect.arrayContaining([
+        'package.json',
+        'README.md',
+        'LICENSE',
+        'CHANGELOG.md',
+        'dist/cjs/package.json',
+        'sql/idempotency.sql',
+      ]),
     );
     // Both builds are complete, with a declaration beside every module.
     const built = (format: string) =>
@@ -223,6 +231,16 @@ describe('compatibility matrix', () => {
           dir,
         );
         expect(help.stdout).toContain('Usage: nestjs-idempotency-postgres <command>');
+        // The schema as SQL is in the installed package, and is what the installed bin prints.
+        const printed = await mustRun(
+          `${name}: migrate --print`,
+          'npx',
+          ['--no-install', 'nestjs-idempotency-postgres', 'migrate', '--print'],
+          dir,
+        );
+        expect(printed.stdout).toBe(
+          readFileSync(join(dir, 'node_modules/nestjs-idempotency-postgres/sql/idempotency.sql'), 'utf8'),
+        );
 
         await mustRun(`${name}: its test suite`, 'npm', ['test'], dir, { DATABASE_URL: databaseUrl });
       },

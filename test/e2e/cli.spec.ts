@@ -1,49 +1,15 @@
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
-import { spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
+import { CLI, cli } from '../support/cli.js';
 import { waitFor } from '../support/cluster.js';
 import { createTestDatabase, type TestDatabase } from '../support/database.js';
 import { post } from '../support/http.js';
 import { type AppRole, createAppRole } from '../support/roles.js';
 import { type SampleProcess, startSampleApp } from '../support/sample-process.js';
 
-const CLI = fileURLToPath(new URL('../../lib/cli/main.js', import.meta.url));
 const ROOT = fileURLToPath(new URL('../../../', import.meta.url));
-
-interface Run {
-  status: number | null;
-  stdout: string;
-  stderr: string;
-  json: any;
-}
-
-/** The compiled command-line tool as a real process, with the environment given (and nothing of the test's DATABASE_URL unless given). */
-function cli(args: string[], env: Record<string, string | undefined>): Promise<Run> {
-  const inherited = { ...process.env };
-  delete inherited.DATABASE_URL;
-  const child = spawn(process.execPath, [CLI, ...args], {
-    env: { ...inherited, ...env },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let stdout = '';
-  let stderr = '';
-  child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
-  child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-  return new Promise((resolve, reject) => {
-    child.once('error', reject);
-    child.once('close', (status) => {
-      let json: unknown;
-      try {
-        json = JSON.parse(stdout);
-      } catch {
-        json = undefined;
-      }
-      resolve({ status, stdout, stderr, json });
-    });
-  });
-}
 
 const PAYMENT = { amount: 1000, currency: 'EUR' };
 const EMAIL = { to: 'ops@example.com', subject: 'stuck' };

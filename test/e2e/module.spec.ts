@@ -11,6 +11,7 @@ import {
 } from '@nestjs/common';
 import { TypeOrmModule } from '@nestjs/typeorm';
 import { randomUUID } from 'node:crypto';
+import pg from 'pg';
 import { DataSource } from 'typeorm';
 import {
   Idempotent,
@@ -186,6 +187,60 @@ describe('IdempotencyModule wiring', () => {
     }
   });
 
+  it('runs on a pg Pool, given as it is or made by a factory with imports and inject (forRootAsync)', async () => {
+    const pool = new pg.Pool({ connectionString: db.url, max: 3 });
+    @Module({ providers: [{ provide: pg.Pool, useValue: pool }], exports: [pg.Pool] })
+    class PoolModule {}
+    try {
+      for (const [header, idempotency] of [
+        // TransactionalController has no guard: the scope is a constant here.
+        ['idempotency-key', IdempotencyModule.forRoot({ pool, scope: () => 'tests' })],
+        [
+          'x-request-key',
+          IdempotencyModule.forRootAsync({
+            pool: { imports: [PoolModule], inject: [pg.Pool], useFactory: (given: pg.Pool) => given },
+            imports: [SettingsModule],
+            inject: [Settings],
+            useFactory: (settings: Settings) => ({ headerName: settings.header, scope: () => 'tests' }),
+          }),
+        ],
+      ] as const) {
+        const running = await startApp(appWith([idempotency], [CounterController, TransactionalController]), 'express');
+        try {
+          await replays(running.url, header);
+          const key = randomUUID();
+          expect((await post(running.url, '/tx', { headers: { [header]: key } })).status).toBe(201);
+          const { rows } = await pool.query('SELECT status FROM idempotency_keys WHERE idempotency_key = $1', [key]);
+          expect(rows).toEqual([{ status: 'completed' }]);
+        } finally {
+          await running.close();
+        }
+      }
+      // The application owns the pool: closing the application leaves it open.
+      expect((await pool.query('SELECT 1 AS one')).rows).toEqual([{ one: 1 }]);
+    } finally {
+      await pool.end();
+    }
+  });
+
+  it('refuses a "pool" that is not a pg Pool, and a "pool" beside another store', async () => {
+    const client = new pg.Client({ connectionString: db.url });
+    expect(await bootError([IdempotencyModule.forRoot({ pool: client as unknown as pg.Pool })])).toMatch(
+      /"pool" must be a node-postgres Pool/,
+    );
+    const pool = new pg.Pool({ connectionString: db.url });
+    try {
+      expect(() => IdempotencyModule.forRoot({ pool, dataSource: 'other' })).toThrow(
+        /give one of "pool", "dataSource", not several/,
+      );
+      expect(() => IdempotencyModule.forRoot({ pool, store: MemoryIdempotencyStore })).toThrow(
+        /give one of "store", "pool", not several/,
+      );
+    } finally {
+      await pool.end();
+    }
+  });
+
   const bootError = async (imports: unknown[], controllers?: unknown[]) => {
     try {
       const running = await startApp(appWith(imports, controllers), 'express');
@@ -210,6 +265,14 @@ describe('IdempotencyModule wiring', () => {
         IdempotencyModule.forRoot(),
       ]);
       expect(message).toMatch(/idempotency_keys" does not exist.*idempotencyMigrations/);
+      const pool = new pg.Pool({ connectionString: bare.url, max: 1 });
+      try {
+        expect(await bootError([IdempotencyModule.forRoot({ pool })])).toMatch(
+          /idempotency_keys" does not exist\. Run "npx nestjs-idempotency-postgres migrate"/,
+        );
+      } finally {
+        await pool.end();
+      }
     } finally {
       await bare.drop();
     }

@@ -67,6 +67,21 @@ describe.each(PLATFORMS)('transactional mode over HTTP (%s)', (platform) => {
     expect(calls.count('tx')).toBe(before + 2);
   });
 
+  it("commits the client's writes with the EntityManager's, in one transaction, on a DataSource too", async () => {
+    const amounts = async (who: string) =>
+      (await db.pool.query('SELECT amount FROM payments WHERE user_id = $1 ORDER BY amount', [who])).rows.map((row) =>
+        Number(row.amount),
+      );
+    const who = owner();
+    expect((await post(base, `/tx-client/${who}`, { key: randomUUID(), body: {} })).status).toBe(201);
+    expect(await amounts(who)).toEqual([1, 2]);
+    const refused = owner();
+    const key = randomUUID();
+    expect((await post(base, `/tx-client/${refused}`, { key, body: { status: 402 } })).status).toBe(402);
+    expect(await amounts(refused)).toEqual([]);
+    expect(await record(key)).toMatchObject({ status: 'completed', response: { kind: 'error', status: 402 } });
+  });
+
   it('leaves nothing when a pipe rejects the request', async () => {
     const key = randomUUID();
     expect((await post(base, `/tx-validated/${owner()}`, { key, body: { valid: false } })).status).toBe(400);

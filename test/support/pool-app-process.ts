@@ -1,17 +1,11 @@
-import { register } from 'node:module';
+import { forbidTypeorm } from './without-typeorm.js';
 
 /**
  * The pool application (pool-app.ts) as a process of its own, with TypeORM and
  * `@nestjs/typeorm` made unloadable first (`pg` stays): it starts only if nothing on its
  * way loads them. Env: DATABASE_URL, LEASE_MS. Prints `listening on port <n>`, then `ready`.
  */
-register('./forbid-typeorm.js', { parentURL: import.meta.url, data: { allowPg: true } });
-const blocked = await import('typeorm').then(
-  () => false,
-  () => true,
-);
-if (!blocked) throw new Error('the forbid-typeorm hooks are not in force');
-console.log('typeorm cannot load');
+await forbidTypeorm({ allowPg: true });
 
 await import('reflect-metadata');
 const { NestFactory } = await import('@nestjs/core');

@@ -16,11 +16,13 @@ import {
 } from '@nestjs/common';
 import { TypeOrmModule } from '@nestjs/typeorm';
 import { setTimeout as sleep } from 'node:timers/promises';
+import type { PoolClient } from 'pg';
 import type { EntityManager } from 'typeorm';
 import {
   Idempotent,
   IdempotencyModule,
   type IdempotencyModuleOptions,
+  IdempotentClient,
   IdempotentManager,
   IdempotentTransaction,
 } from '../../lib/index.js';
@@ -199,6 +201,25 @@ class ProbeController {
     // The handler's own statement is where the connection breaks.
     await manager.query('SELECT pg_sleep(1.5), $1::text AS marker', ['tx-query-sleep']);
     return { ran: this.calls.count('tx-query') };
+  }
+
+  /** Writes through the EntityManager and through the client, in one transaction; a nested transaction of the client's rolls back. */
+  @Post('tx-client/:owner')
+  @Idempotent({ transactional: true })
+  async transactionalClient(
+    @Param('owner') owner: string,
+    @Body() body: { status?: number },
+    @IdempotentManager() manager: EntityManager,
+    @IdempotentClient() client: PoolClient,
+  ) {
+    const insert = "INSERT INTO payments (user_id, amount, currency, status) VALUES ($1, $2, 'EUR', 'succeeded')";
+    await manager.query(insert, [owner, 1]);
+    await client.query(insert, [owner, 2]);
+    await client.query('BEGIN');
+    await client.query(insert, [owner, 3]);
+    await client.query('ROLLBACK');
+    if (body.status) throw new HttpException('refused', body.status);
+    return { done: true };
   }
 
   @Post('file')

@@ -1,4 +1,4 @@
-import { register } from 'node:module';
+import { forbidTypeorm } from './without-typeorm.js';
 
 /**
  * The Redis test application (redis-app.ts) as a process of its own, with TypeORM,
@@ -8,14 +8,7 @@ import { register } from 'node:module';
  * counters stay on REDIS_URL).
  * Prints `listening on port <n>`, then `ready`.
  */
-register('./forbid-typeorm.js', import.meta.url);
-// The hooks are in force: the first of the forbidden modules does not load.
-const blocked = await import('typeorm').then(
-  () => false,
-  () => true,
-);
-if (!blocked) throw new Error('the forbid-typeorm hooks are not in force');
-console.log('typeorm cannot load');
+await forbidTypeorm();
 
 await import('reflect-metadata');
 const { NestFactory } = await import('@nestjs/core');
