@@ -23,13 +23,25 @@ import { fileURLToPath } from 'node:url';
  * tarball, and runs its own test suite against PostgreSQL. The README's "Compatibility"
  * table lists the same applications.
  */
-const CONSUMERS = ['nest11-cjs-jest', 'nest12-esm-vitest', 'nest12-fastify-typeorm03', 'floor'];
+const CONSUMERS = [
+  'nest11-cjs-jest',
+  'nest12-esm-vitest',
+  'nest12-fastify-typeorm03',
+  'floor',
+  'nest12-drizzle',
+  'nest11-kysely-cjs',
+];
 
 const ROOT = fileURLToPath(new URL('../../../', import.meta.url)); // from dist/test/compat/
 const SOURCES = join(ROOT, 'test/compat');
 // Installs are kept between runs, one folder per lockfile content, so that only a changed
-// lockfile costs a fresh `npm ci`. The folder is ignored by git.
-const CACHE = join(ROOT, '.cache/compat');
+// lockfile costs a fresh `npm ci`. They live outside the repository (one cache per clone):
+// inside it, Node's resolution climbs from a consumer's node_modules into the repository's
+// own, and a consumer would load what it does not install (TypeORM, in the apps without it).
+const CACHE = join(
+  tmpdir(),
+  `nestjs-idempotency-compat-${createHash('sha256').update(ROOT).digest('hex').slice(0, 12)}`,
+);
 const CONSUMER_TIMEOUT_MS = 10 * 60_000;
 
 interface Run {
