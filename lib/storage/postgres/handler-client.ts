@@ -51,6 +51,10 @@ export class NestedTransactionError extends Error {}
  *   connection), and `end()` is refused;
  * - once the transaction has ended, every query is refused: the connection is back in the
  *   pool by then, in someone else's hands.
+ *
+ * Transaction control is recognised as a statement of its own, which is how the wrappers
+ * and hand-written code send it; SQL is not parsed, so a COMMIT inside a longer
+ * multi-statement text goes through.
  */
 export class HandlerClient {
   /** The handler's open nested levels. */
