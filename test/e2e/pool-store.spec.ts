@@ -121,6 +121,25 @@ describe('PostgreSQL store on a pg Pool, without TypeORM', () => {
     }
   });
 
+  it('refuses a COMMIT or ROLLBACK of its own however it is spelled, committing nothing', async () => {
+    for (const bareControl of [
+      'COMMIT ;',
+      'commit;;',
+      '/* payments */ COMMIT',
+      'COMMIT -- done',
+      'COMMIT AND NO CHAIN',
+      'COMMIT AND CHAIN',
+      'END TRANSACTION ;',
+    ]) {
+      const who = owner();
+      const key = randomUUID();
+      const answer = await post(base, `/pool/tx/${who}`, { key, body: { bareControl } });
+      expect({ bareControl, status: answer.status }).toEqual({ bareControl, status: 500 });
+      expect(await effects(who)).toEqual([]);
+      expect(await record(key)).toBeUndefined();
+    }
+  });
+
   it('refuses queries on a client kept after its request ended', async () => {
     expect((await post(base, `/pool/tx/${owner()}`, { key: randomUUID(), body: { keepClient: true } })).status).toBe(
       201,

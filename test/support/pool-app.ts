@@ -43,6 +43,8 @@ export interface TxRequest {
   nested?: 'commit' | 'rollback' | 'open';
   /** Send COMMIT through the client with no BEGIN of its own. */
   bareCommit?: boolean;
+  /** Send this text through the client with no BEGIN of its own (a COMMIT or ROLLBACK spelled otherwise). */
+  bareControl?: string;
   /** Keep the client after the request, for /pool/leaked. */
   keepClient?: boolean;
 }
@@ -92,6 +94,7 @@ class PoolController {
       if (body.nested !== 'open') await client.query(body.nested === 'commit' ? 'COMMIT' : 'ROLLBACK');
     }
     if (body.bareCommit) await client.query('COMMIT');
+    if (body.bareControl) await client.query(body.bareControl);
     if (body.keepClient) keptClient = client;
     if (body.holdMs) {
       console.log(`holding ${owner}`);

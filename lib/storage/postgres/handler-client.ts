@@ -28,11 +28,23 @@ const CONTROL: ReadonlyMap<string, Control> = new Map([
 /** A BEGIN that carries options (isolation level, read only): a nested level cannot have its own. */
 const BEGIN_WITH_OPTIONS = /^(begin|start transaction)\s/;
 
-/** The statement's text, normalised for the comparison above, or undefined when it has none. */
+/** COMMIT or ROLLBACK AND CHAIN: it would end the request's transaction and start another. */
+const CHAINED = /^(commit|end|rollback|abort)( work| transaction)? and chain$/;
+
+/**
+ * The statement's text, normalised for the comparisons above, or undefined when it has
+ * none. PostgreSQL runs `COMMIT ;`, a COMMIT after a comment and `COMMIT AND NO CHAIN` as a
+ * COMMIT too: one of them left unrecognised would commit the idempotency record halfway.
+ */
 function controlText(statement: unknown): string | undefined {
   const text = typeof statement === 'string' ? statement : (statement as { text?: unknown } | null)?.text;
   if (typeof text !== 'string') return undefined;
-  return text.trim().replace(/;\s*$/, '').replace(/\s+/g, ' ').toLowerCase();
+  return text
+    .replace(/\/\*[\s\S]*?\*\/|--[^\n]*/g, ' ')
+    .replace(/^[\s;]+|[\s;]+$/g, '')
+    .replace(/\s+/g, ' ')
+    .toLowerCase()
+    .replace(/ and no chain$/, '');
 }
 
 export class NestedTransactionError extends Error {}
@@ -101,6 +113,9 @@ export class HandlerClient {
         return refuse(
           `"${text}" inside the idempotency transaction: a nested transaction takes the request's isolation and access mode`,
         );
+      }
+      if (text !== undefined && CHAINED.test(text)) {
+        return refuse(`"${text}" would end the idempotency transaction; throw from the handler to roll it back`);
       }
       return (connection.query as (...rest: unknown[]) => unknown)(...args);
     }
