@@ -140,6 +140,17 @@ describe('PostgreSQL store on a pg Pool, without TypeORM', () => {
     }
   });
 
+  it('keeps a nested level open when its COMMIT fails, so that the ROLLBACK after it rolls back to it', async () => {
+    const who = owner();
+    const key = randomUUID();
+    const answer = await post(base, `/pool/tx/${who}`, { key, body: { commitFailedNested: true } });
+    // The failed statement aborted the nested level: its COMMIT fails, its ROLLBACK undoes it, the request goes on.
+    expect(answer.status).toBe(201);
+    expect(answer.json.commitError).toBe('25P02');
+    expect(await effects(who)).toEqual(['tx', 'service']);
+    expect(await record(key)).toMatchObject({ status: 'completed' });
+  });
+
   it('refuses queries on a client kept after its request ended', async () => {
     expect((await post(base, `/pool/tx/${owner()}`, { key: randomUUID(), body: { keepClient: true } })).status).toBe(
       201,

@@ -45,6 +45,12 @@ export interface TxRequest {
   bareCommit?: boolean;
   /** Send this text through the client with no BEGIN of its own (a COMMIT or ROLLBACK spelled otherwise). */
   bareControl?: string;
+  /**
+   * Open a nested transaction, catch the error of a statement in it, then COMMIT it, and
+   * ROLLBACK when the COMMIT fails (as Drizzle, Kysely and hand-written code do); answer
+   * with the COMMIT's error code.
+   */
+  commitFailedNested?: boolean;
   /** Keep the client after the request, for /pool/leaked. */
   keepClient?: boolean;
 }
@@ -95,13 +101,25 @@ class PoolController {
     }
     if (body.bareCommit) await client.query('COMMIT');
     if (body.bareControl) await client.query(body.bareControl);
+    let commitError: string | undefined;
+    if (body.commitFailedNested) {
+      await client.query('BEGIN');
+      try {
+        await insert(client, owner, 'nested');
+        await client.query('SELECT 1 / 0').catch(() => undefined);
+        await client.query('COMMIT');
+      } catch (error) {
+        await client.query('ROLLBACK');
+        commitError = (error as { code?: string }).code;
+      }
+    }
     if (body.keepClient) keptClient = client;
     if (body.holdMs) {
       console.log(`holding ${owner}`);
       await sleep(body.holdMs);
     }
     if (body.status) throw new HttpException({ message: 'refused', id }, body.status);
-    return { id };
+    return { id, ...(commitError !== undefined && { commitError }) };
   }
 
   /** Uses the client a finished request left behind. */

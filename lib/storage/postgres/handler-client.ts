@@ -126,7 +126,21 @@ export class HandlerClient {
           'throw from the handler to roll it back',
       );
     }
-    return (connection.query as (...rest: unknown[]) => unknown)(statement, ...(callback ? [callback] : []));
+    // A statement that fails leaves its savepoint as it was: a SAVEPOINT that failed opened
+    // no level, a RELEASE that failed (the level's transaction had failed) closed none, so
+    // that the ROLLBACK a wrapper sends after a failed COMMIT rolls back to it.
+    const undo = control === 'begin' ? -1 : 1;
+    const send = (connection.query as (...rest: unknown[]) => Promise<unknown> | undefined).bind(connection);
+    if (callback) {
+      return send(statement, (error: Error | null, ...results: unknown[]) => {
+        if (error) this.depth += undo;
+        (callback as (...rest: unknown[]) => void)(error, ...results);
+      });
+    }
+    return send(statement)!.catch((error: unknown) => {
+      this.depth += undo;
+      throw error;
+    });
   }
 
   private translate(control: Control): string | undefined {
