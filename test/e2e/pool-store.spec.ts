@@ -151,6 +151,15 @@ describe('PostgreSQL store on a pg Pool, without TypeORM', () => {
     expect(await record(key)).toMatchObject({ status: 'completed' });
   });
 
+  it('commits none of the writes the handler left running once it threw an error that is stored', async () => {
+    const who = owner();
+    const key = randomUUID();
+    const answer = await post(base, `/pool/tx/${who}`, { key, body: { status: 402, writesAfterThrow: true } });
+    expect(answer.status).toBe(402);
+    expect(await record(key)).toMatchObject({ status: 'completed', response: { kind: 'error', status: 402 } });
+    expect(await effects(who)).toEqual([]);
+  });
+
   it('refuses queries on a client kept after its request ended', async () => {
     expect((await post(base, `/pool/tx/${owner()}`, { key: randomUUID(), body: { keepClient: true } })).status).toBe(
       201,

@@ -51,6 +51,8 @@ export interface TxRequest {
    * with the COMMIT's error code.
    */
   commitFailedNested?: boolean;
+  /** Keep writing through the client in the background, from before the handler throws (with `status`). */
+  writesAfterThrow?: boolean;
   /** Keep the client after the request, for /pool/leaked. */
   keepClient?: boolean;
 }
@@ -112,6 +114,12 @@ class PoolController {
         await client.query('ROLLBACK');
         commitError = (error as { code?: string }).code;
       }
+    }
+    if (body.writesAfterThrow) {
+      void (async () => {
+        for (;;) await insert(client, owner, 'late');
+      })().catch(() => undefined);
+      await sleep(20);
     }
     if (body.keepClient) keptClient = client;
     if (body.holdMs) {
