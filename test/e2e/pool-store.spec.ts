@@ -166,6 +166,10 @@ describe('PostgreSQL store on a pg Pool, without TypeORM', () => {
     );
     const leaked = await post(base, '/pool/leaked');
     expect(leaked.json).toEqual({ refused: true, message: expect.stringMatching(/has ended/) });
+    // A Submittable (a cursor, a pg.Query) is refused on the object itself, and the process lives on.
+    const submitted = await post(base, '/pool/leaked-submittable');
+    expect(submitted.json).toEqual({ refused: true, message: expect.stringMatching(/has ended/) });
+    expect((await post(base, `/pool/tx/${owner()}`, { key: randomUUID(), body: {} })).status).toBe(201);
   });
 
   it('hands a transactional run() the client, and an EntityManager argument that says there is none', async () => {

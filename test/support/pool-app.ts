@@ -11,6 +11,7 @@ import {
 } from '@nestjs/common';
 import type { PoolClient } from 'pg';
 import pg from 'pg';
+import { once } from 'node:events';
 import { setTimeout as sleep } from 'node:timers/promises';
 import {
   Idempotent,
@@ -139,6 +140,14 @@ class PoolController {
     } catch (error) {
       return { refused: true, message: (error as Error).message };
     }
+  }
+
+  /** Sends a pg.Query (a Submittable, as a cursor is) on the client a finished request left behind. */
+  @Post('leaked-submittable')
+  async leakedSubmittable() {
+    const query = keptClient!.query(new pg.Query('SELECT 1'));
+    const [error] = (await once(query, 'error')) as [Error];
+    return { refused: true, message: error.message };
   }
 
   /** A transactional run(): its first argument has no EntityManager behind it here, its second is the client. */

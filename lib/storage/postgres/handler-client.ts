@@ -99,8 +99,17 @@ export class HandlerClient {
 
   private query(connection: PoolClient, args: unknown[]): unknown {
     const callback = typeof args.at(-1) === 'function' ? (args.at(-1) as (error: Error) => void) : undefined;
+    const submittable = typeof (args[0] as { submit?: unknown } | null)?.submit === 'function' ? args[0] : undefined;
     const refuse = (message: string) => {
       const error = new NestedTransactionError(message);
+      if (submittable) {
+        // As node-postgres refuses one (a cursor, a pg.Query): the caller listens on the object
+        // it gets back, and a rejected promise in its place would end the process unhandled.
+        const refused = submittable as { callback?: unknown; handleError(error: Error): void };
+        if (callback && !refused.callback) refused.callback = callback;
+        process.nextTick(() => refused.handleError(error));
+        return submittable;
+      }
       if (!callback) return Promise.reject(error);
       process.nextTick(callback, error);
       return undefined;
