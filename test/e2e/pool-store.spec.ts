@@ -121,12 +121,55 @@ describe('PostgreSQL store on a pg Pool, without TypeORM', () => {
     }
   });
 
+  it('refuses a COMMIT or ROLLBACK of its own however it is spelled, committing nothing', async () => {
+    for (const bareControl of [
+      'COMMIT ;',
+      'commit;;',
+      '/* payments */ COMMIT',
+      'COMMIT -- done',
+      'COMMIT AND NO CHAIN',
+      'COMMIT AND CHAIN',
+      'END TRANSACTION ;',
+    ]) {
+      const who = owner();
+      const key = randomUUID();
+      const answer = await post(base, `/pool/tx/${who}`, { key, body: { bareControl } });
+      expect({ bareControl, status: answer.status }).toEqual({ bareControl, status: 500 });
+      expect(await effects(who)).toEqual([]);
+      expect(await record(key)).toBeUndefined();
+    }
+  });
+
+  it('keeps a nested level open when its COMMIT fails, so that the ROLLBACK after it rolls back to it', async () => {
+    const who = owner();
+    const key = randomUUID();
+    const answer = await post(base, `/pool/tx/${who}`, { key, body: { commitFailedNested: true } });
+    // The failed statement aborted the nested level: its COMMIT fails, its ROLLBACK undoes it, the request goes on.
+    expect(answer.status).toBe(201);
+    expect(answer.json.commitError).toBe('25P02');
+    expect(await effects(who)).toEqual(['tx', 'service']);
+    expect(await record(key)).toMatchObject({ status: 'completed' });
+  });
+
+  it('commits none of the writes the handler left running once it threw an error that is stored', async () => {
+    const who = owner();
+    const key = randomUUID();
+    const answer = await post(base, `/pool/tx/${who}`, { key, body: { status: 402, writesAfterThrow: true } });
+    expect(answer.status).toBe(402);
+    expect(await record(key)).toMatchObject({ status: 'completed', response: { kind: 'error', status: 402 } });
+    expect(await effects(who)).toEqual([]);
+  });
+
   it('refuses queries on a client kept after its request ended', async () => {
     expect((await post(base, `/pool/tx/${owner()}`, { key: randomUUID(), body: { keepClient: true } })).status).toBe(
       201,
     );
     const leaked = await post(base, '/pool/leaked');
     expect(leaked.json).toEqual({ refused: true, message: expect.stringMatching(/has ended/) });
+    // A Submittable (a cursor, a pg.Query) is refused on the object itself, and the process lives on.
+    const submitted = await post(base, '/pool/leaked-submittable');
+    expect(submitted.json).toEqual({ refused: true, message: expect.stringMatching(/has ended/) });
+    expect((await post(base, `/pool/tx/${owner()}`, { key: randomUUID(), body: {} })).status).toBe(201);
   });
 
   it('hands a transactional run() the client, and an EntityManager argument that says there is none', async () => {

@@ -11,6 +11,7 @@ import {
 } from '@nestjs/common';
 import type { PoolClient } from 'pg';
 import pg from 'pg';
+import { once } from 'node:events';
 import { setTimeout as sleep } from 'node:timers/promises';
 import {
   Idempotent,
@@ -43,6 +44,16 @@ export interface TxRequest {
   nested?: 'commit' | 'rollback' | 'open';
   /** Send COMMIT through the client with no BEGIN of its own. */
   bareCommit?: boolean;
+  /** Send this text through the client with no BEGIN of its own (a COMMIT or ROLLBACK spelled otherwise). */
+  bareControl?: string;
+  /**
+   * Open a nested transaction, catch the error of a statement in it, then COMMIT it, and
+   * ROLLBACK when the COMMIT fails (as Drizzle, Kysely and hand-written code do); answer
+   * with the COMMIT's error code.
+   */
+  commitFailedNested?: boolean;
+  /** Keep writing through the client in the background, from before the handler throws (with `status`). */
+  writesAfterThrow?: boolean;
   /** Keep the client after the request, for /pool/leaked. */
   keepClient?: boolean;
 }
@@ -92,13 +103,32 @@ class PoolController {
       if (body.nested !== 'open') await client.query(body.nested === 'commit' ? 'COMMIT' : 'ROLLBACK');
     }
     if (body.bareCommit) await client.query('COMMIT');
+    if (body.bareControl) await client.query(body.bareControl);
+    let commitError: string | undefined;
+    if (body.commitFailedNested) {
+      await client.query('BEGIN');
+      try {
+        await insert(client, owner, 'nested');
+        await client.query('SELECT 1 / 0').catch(() => undefined);
+        await client.query('COMMIT');
+      } catch (error) {
+        await client.query('ROLLBACK');
+        commitError = (error as { code?: string }).code;
+      }
+    }
+    if (body.writesAfterThrow) {
+      void (async () => {
+        for (;;) await insert(client, owner, 'late');
+      })().catch(() => undefined);
+      await sleep(20);
+    }
     if (body.keepClient) keptClient = client;
     if (body.holdMs) {
       console.log(`holding ${owner}`);
       await sleep(body.holdMs);
     }
     if (body.status) throw new HttpException({ message: 'refused', id }, body.status);
-    return { id };
+    return { id, ...(commitError !== undefined && { commitError }) };
   }
 
   /** Uses the client a finished request left behind. */
@@ -110,6 +140,14 @@ class PoolController {
     } catch (error) {
       return { refused: true, message: (error as Error).message };
     }
+  }
+
+  /** Sends a pg.Query (a Submittable, as a cursor is) on the client a finished request left behind. */
+  @Post('leaked-submittable')
+  async leakedSubmittable() {
+    const query = keptClient!.query(new pg.Query('SELECT 1'));
+    const [error] = (await once(query, 'error')) as [Error];
+    return { refused: true, message: error.message };
   }
 
   /** A transactional run(): its first argument has no EntityManager behind it here, its second is the client. */

@@ -28,11 +28,23 @@ const CONTROL: ReadonlyMap<string, Control> = new Map([
 /** A BEGIN that carries options (isolation level, read only): a nested level cannot have its own. */
 const BEGIN_WITH_OPTIONS = /^(begin|start transaction)\s/;
 
-/** The statement's text, normalised for the comparison above, or undefined when it has none. */
+/** COMMIT or ROLLBACK AND CHAIN: it would end the request's transaction and start another. */
+const CHAINED = /^(commit|end|rollback|abort)( work| transaction)? and chain$/;
+
+/**
+ * The statement's text, normalised for the comparisons above, or undefined when it has
+ * none. PostgreSQL runs `COMMIT ;`, a COMMIT after a comment and `COMMIT AND NO CHAIN` as a
+ * COMMIT too: one of them left unrecognised would commit the idempotency record halfway.
+ */
 function controlText(statement: unknown): string | undefined {
   const text = typeof statement === 'string' ? statement : (statement as { text?: unknown } | null)?.text;
   if (typeof text !== 'string') return undefined;
-  return text.trim().replace(/;\s*$/, '').replace(/\s+/g, ' ').toLowerCase();
+  return text
+    .replace(/\/\*[\s\S]*?\*\/|--[^\n]*/g, ' ')
+    .replace(/^[\s;]+|[\s;]+$/g, '')
+    .replace(/\s+/g, ' ')
+    .toLowerCase()
+    .replace(/ and no chain$/, '');
 }
 
 export class NestedTransactionError extends Error {}
@@ -87,8 +99,17 @@ export class HandlerClient {
 
   private query(connection: PoolClient, args: unknown[]): unknown {
     const callback = typeof args.at(-1) === 'function' ? (args.at(-1) as (error: Error) => void) : undefined;
+    const submittable = typeof (args[0] as { submit?: unknown } | null)?.submit === 'function' ? args[0] : undefined;
     const refuse = (message: string) => {
       const error = new NestedTransactionError(message);
+      if (submittable) {
+        // As node-postgres refuses one (a cursor, a pg.Query): the caller listens on the object
+        // it gets back, and a rejected promise in its place would end the process unhandled.
+        const refused = submittable as { callback?: unknown; handleError(error: Error): void };
+        if (callback && !refused.callback) refused.callback = callback;
+        process.nextTick(() => refused.handleError(error));
+        return submittable;
+      }
       if (!callback) return Promise.reject(error);
       process.nextTick(callback, error);
       return undefined;
@@ -102,6 +123,9 @@ export class HandlerClient {
           `"${text}" inside the idempotency transaction: a nested transaction takes the request's isolation and access mode`,
         );
       }
+      if (text !== undefined && CHAINED.test(text)) {
+        return refuse(`"${text}" would end the idempotency transaction; throw from the handler to roll it back`);
+      }
       return (connection.query as (...rest: unknown[]) => unknown)(...args);
     }
     const statement = this.translate(control);
@@ -111,7 +135,21 @@ export class HandlerClient {
           'throw from the handler to roll it back',
       );
     }
-    return (connection.query as (...rest: unknown[]) => unknown)(statement, ...(callback ? [callback] : []));
+    // A statement that fails leaves its savepoint as it was: a SAVEPOINT that failed opened
+    // no level, a RELEASE that failed (the level's transaction had failed) closed none, so
+    // that the ROLLBACK a wrapper sends after a failed COMMIT rolls back to it.
+    const undo = control === 'begin' ? -1 : 1;
+    const send = (connection.query as (...rest: unknown[]) => Promise<unknown> | undefined).bind(connection);
+    if (callback) {
+      return send(statement, (error: Error | null, ...results: unknown[]) => {
+        if (error) this.depth += undo;
+        (callback as (...rest: unknown[]) => void)(error, ...results);
+      });
+    }
+    return send(statement)!.catch((error: unknown) => {
+      this.depth += undo;
+      throw error;
+    });
   }
 
   private translate(control: Control): string | undefined {

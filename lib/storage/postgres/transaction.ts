@@ -170,6 +170,9 @@ export class PostgresStoreTransaction implements StoreTransaction {
   }
 
   async discardHandlerWrites(): Promise<void> {
+    // The handler has thrown, but what it left running may still write through its client:
+    // a write sent after the rollback below would commit with the stored error.
+    this.handlerClient.end();
     await this.connection.query(`ROLLBACK TO SAVEPOINT ${HANDLER_SAVEPOINT}`);
     this.handlerClient.depth = 0; // the handler's savepoints went with it
   }
