@@ -233,11 +233,12 @@ export class PostgresIdempotencyStore extends IdempotencyStore {
       const onError = (error: Error) => (broken = error);
       client.on('error', onError);
       try {
-        return await work(preparing(client, this.names));
+        return await work(attempt === 0 ? preparing(client, this.names) : client);
       } catch (error) {
         broken ??= error as Error;
         // Its session lost the prepared statements (reset under us): the connection is
-        // discarded below, and the work runs again, once, on another.
+        // discarded below, and the work runs again, once, on another, unprepared: a reset
+        // (DISCARD ALL, a pooler's) may have reached the other idle connections too.
         if ((error as { code?: string }).code === PREPARED_STATEMENT_MISSING && attempt === 0) continue;
         throw error;
       } finally {
