@@ -72,14 +72,19 @@ function storeProvider({
     provider: {
       provide: IdempotencyStore,
       inject: factory.inject ?? [],
-      useFactory: async (...dependencies: unknown[]) => {
-        const postgres = new PostgresIdempotencyStore(await factory.useFactory(...dependencies), {
-          preparedStatements,
-        });
-        return redis ? new SplitIdempotencyStore(await RedisIdempotencyStore.create(redis), postgres) : postgres;
-      },
+      useFactory: async (...dependencies: unknown[]) =>
+        postgresStore(await factory.useFactory(...dependencies), { redis, preparedStatements }),
     },
   };
+}
+
+/** The PostgreSQL store on `source`: alone, or for the transactional routes beside Redis. */
+async function postgresStore(
+  source: DataSource | Pool,
+  { redis, preparedStatements }: Pick<IdempotencyModuleExtras, 'redis' | 'preparedStatements'>,
+): Promise<IdempotencyStore> {
+  const postgres = new PostgresIdempotencyStore(source, { preparedStatements });
+  return redis ? new SplitIdempotencyStore(await RedisIdempotencyStore.create(redis), postgres) : postgres;
 }
 
 function isPoolFactory(pool: Pool | IdempotencyPoolFactory): pool is IdempotencyPoolFactory {
@@ -119,9 +124,7 @@ async function postgresStoreModule({
                 'or pass IdempotencyModule.forRoot({ store: MemoryIdempotencyStore }) for unit tests.',
             );
           }
-          const postgres = new PostgresIdempotencyStore(source, { preparedStatements });
-          if (!redis) return postgres;
-          return new SplitIdempotencyStore(await RedisIdempotencyStore.create(redis), postgres);
+          return postgresStore(source, { redis, preparedStatements });
         },
       },
     ],

@@ -205,10 +205,7 @@ export class PostgresIdempotencyStore extends IdempotencyStore {
 
   /** A connection for a transaction, waited for until `deadline` at most. */
   private async transactionHost(deadline: number | undefined): Promise<TransactionHost> {
-    if (!this.dataSource) {
-      const client = await withinDeadline(this.pool.connect(), deadline, (late) => late.release());
-      return new PoolTransactionHost(client);
-    }
+    if (!this.dataSource) return new PoolTransactionHost(await this.connect(deadline));
     const runner = this.dataSource.createQueryRunner();
     try {
       const client = (await withinDeadline(runner.connect(), deadline, () => void runner.release())) as PoolClient;
@@ -220,6 +217,11 @@ export class PostgresIdempotencyStore extends IdempotencyStore {
     }
   }
 
+  /** A pooled connection, waited for until `deadline` at most (one that comes later goes back). */
+  private connect(deadline: number | undefined): Promise<PoolClient> {
+    return withinDeadline(this.pool.connect(), deadline, (late) => late.release());
+  }
+
   /**
    * Runs `work` on a pooled connection that has an 'error' listener for as long as it is
    * held (node-postgres emits 'error' on a checked-out client whose connection drops, which
@@ -228,7 +230,7 @@ export class PostgresIdempotencyStore extends IdempotencyStore {
    */
   private async withClient<T>(deadline: number | undefined, work: (client: Queryable) => Promise<T>): Promise<T> {
     for (let attempt = 0; ; attempt++) {
-      const client = await withinDeadline(this.pool.connect(), deadline, (late) => late.release());
+      const client = await this.connect(deadline);
       let broken: Error | undefined;
       const onError = (error: Error) => (broken = error);
       client.on('error', onError);

@@ -126,7 +126,7 @@ export class PostgresStoreTransaction implements StoreTransaction {
           throw error;
         }
         await this.connection.query('ROLLBACK');
-        await this.ended('Rollback');
+        await this.host.ended('Rollback');
       }
     }
   }
@@ -155,10 +155,10 @@ export class PostgresStoreTransaction implements StoreTransaction {
     const claim = this.statement(SQL_CLAIM, TX_CLAIM, claimParameters(request));
     // Sent whatever the claim finds: a claim that is not won rolls all of it back.
     const text = [...before, claim, beginHandlerStatement(idleLimitMs)].join(';\n');
-    await this.starting();
+    await this.host.starting();
     const results = (await this.connection.query(text)) as unknown as { rows: KeyRow[] }[];
     if (this.prepared) preparedOn.add(this.connection);
-    await this.started();
+    await this.host.started();
     const fast = fastClaimResult(results[before.length].rows[0]);
     if (fast) return fast;
     const slow = await claimUnderLock(this.connection, request, async () => {
@@ -199,7 +199,7 @@ export class PostgresStoreTransaction implements StoreTransaction {
     this.settled = true;
     try {
       // Subscribers run after the commit: one that throws must not keep the connection from the pool.
-      await this.ended('Commit');
+      await this.host.ended('Commit');
     } finally {
       this.connection.removeListener('error', this.onError);
       await this.host.release(false);
@@ -224,7 +224,7 @@ export class PostgresStoreTransaction implements StoreTransaction {
       await this.connection.end().catch(() => undefined);
     } finally {
       this.connection.removeListener('error', this.onError);
-      await this.ended('Rollback').catch(() => undefined);
+      await this.host.ended('Rollback').catch(() => undefined);
       await this.host.release(broken);
     }
   }
@@ -237,17 +237,5 @@ export class PostgresStoreTransaction implements StoreTransaction {
   /** A statement with its values as literals: EXECUTE of its prepared form, or the statement itself. */
   private statement(sql: string, prepared: string, values: unknown[]): string {
     return this.prepared ? `EXECUTE ${prepared}(${values.map(literal).join(', ')})` : inline(sql, values);
-  }
-
-  private starting(): Promise<void> {
-    return this.host.starting();
-  }
-
-  private started(): Promise<void> {
-    return this.host.started();
-  }
-
-  private ended(how: 'Commit' | 'Rollback'): Promise<void> {
-    return this.host.ended(how);
   }
 }
